@@ -1,0 +1,12 @@
+from rlhf_pairs.judges.base import PairwiseJudge
+from rlhf_pairs.judges.pair_lm import PairPreferenceFormatter, PairPreferenceJudge
+from rlhf_pairs.judges.pairrm import DebertaV2PairRM, PairRMEncoder, PairRMJudge
+
+__all__ = [
+    "DebertaV2PairRM",
+    "PairPreferenceFormatter",
+    "PairPreferenceJudge",
+    "PairRMEncoder",
+    "PairRMJudge",
+    "PairwiseJudge",
+]

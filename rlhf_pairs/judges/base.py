@@ -1,0 +1,152 @@
+"""The pairwise judge contract: one batched primitive, everything else inherited."""
+
+from __future__ import annotations
+
+import os
+import random
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf_pairs.conversation import Prompt, prompt_key, validate_prompt
+
+
+def check_pair_inputs(prompts: Sequence, responses_a: Sequence, responses_b: Sequence) -> None:
+    """Raise ``ValueError`` naming the problem when the three inputs of ``compare`` do not line up."""
+    for name, value in (("prompts", prompts), ("responses_a", responses_a), ("responses_b", responses_b)):
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ValueError(f"`{name}` must be a list, got {type(value).__name__}")
+    if not (len(prompts) == len(responses_a) == len(responses_b)):
+        raise ValueError(
+            f"`prompts`, `responses_a` and `responses_b` must have the same length, got "
+            f"{len(prompts)}, {len(responses_a)} and {len(responses_b)}"
+        )
+    if not prompts:
+        raise ValueError("`prompts`, `responses_a` and `responses_b` are empty: compare needs at least one pair")
+    for name, responses in (("responses_a", responses_a), ("responses_b", responses_b)):
+        for i, response in enumerate(responses):
+            if not isinstance(response, str):
+                raise ValueError(f"`{name}[{i}]` must be a string, got {type(response).__name__}")
+    for i, prompt in enumerate(prompts):
+        validate_prompt(prompt, f"prompts[{i}]")
+
+
+def is_main_process() -> bool:
+    """True on the process that should show progress (local rank 0 under ``accelerate launch``, or no launcher)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def progress_bar(batches: list, show: bool | None, desc: str):
+    """``batches`` wrapped in a tqdm bar; ``show=None`` shows it on the main process for calls of 8+ batches."""
+    if show is None:
+        show = len(batches) >= 8 and is_main_process()
+    return tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False)
+
+
+class PairwiseJudge(ABC):
+    """A model that reads a prompt and two responses and says which is better.
+
+    A subclass implements :meth:`score_ordered_pairs`, scoring a batch of *ordered* pairs (first, second) in one
+    call, and optionally :meth:`combine_orders`, which turns the scores of (a, b) and (b, a) into
+    P(a is better than b). It inherits:
+
+    - :meth:`compare`: P(a is better than b) for each row, both orders scored in one batched call and combined;
+    - :meth:`judge`: TRL's former ``BasePairwiseJudge`` contract (index of the better completion, or P(first));
+    - a cache of ordered-pair scores, so no (prompt, first, second) is scored twice while it stays cached.
+
+    Args:
+        cache_size: how many ordered-pair scores to keep (least recently used are dropped); 0 disables caching.
+    """
+
+    def __init__(self, cache_size: int = 100_000):
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, float] = OrderedDict()
+        self.num_scored_pairs = 0  # ordered pairs sent to the model (cache hits excluded)
+
+    @abstractmethod
+    def score_ordered_pairs(self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+        """Score ordered pairs in one batched call; returns a float tensor of shape (len(prompts),).
+
+        The score of a row is whatever :meth:`combine_orders` expects: by default P(first is better).
+        Inputs are already validated.
+        """
+
+    def combine_orders(self, forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+        """P(a better than b) from the scores of (a, b) and (b, a): the mean of P_ab and 1 - P_ba."""
+        return (forward + (1.0 - backward)) / 2
+
+    def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
+        """P(responses_a[i] is better than responses_b[i] for prompts[i]), both orders scored and combined.
+
+        Prompts are strings or chat message lists (the conversation before the responses). Raises ``ValueError``
+        for mismatched lengths, non-string responses or malformed conversations.
+        """
+        check_pair_inputs(prompts, responses_a, responses_b)
+        n = len(prompts)
+        # Interleaved (a, b), (b, a) so that both orders of a pair, of equal length, land in the same batch.
+        scores = self._cached_scores(
+            [p for p in prompts for _ in range(2)],
+            [r for pair in zip(responses_a, responses_b) for r in pair],
+            [r for pair in zip(responses_b, responses_a) for r in pair],
+        ).view(n, 2)
+        return self.combine_orders(scores[:, 0], scores[:, 1]).tolist()
+
+    def judge(
+        self,
+        prompts: Sequence[Prompt],
+        completions: Sequence[Sequence[str]],
+        shuffle_order: bool = True,
+        return_scores: bool = False,
+    ) -> list[int] | list[float]:
+        """TRL's former ``BasePairwiseJudge.judge``: for each prompt and pair of completions, the index (0 or 1)
+        of the better one, or with ``return_scores=True`` P(first completion is better).
+
+        ``shuffle_order`` presents each pair in a random order to the model and maps the answer back; since
+        :meth:`compare` already scores both orders it only changes float rounding. A tie (P exactly 0.5) returns 0.
+        """
+        for i, pair in enumerate(completions):
+            if isinstance(pair, str) or len(pair) != 2:
+                raise ValueError(f"`completions[{i}]` must be a pair of two completions, got {pair!r:.80}")
+        if len(prompts) != len(completions):
+            raise ValueError(
+                f"`prompts` and `completions` must have the same length, got {len(prompts)} and {len(completions)}"
+            )
+        flips = [random.random() < 0.5 if shuffle_order else False for _ in completions]
+        first = [pair[1] if flip else pair[0] for pair, flip in zip(completions, flips)]
+        second = [pair[0] if flip else pair[1] for pair, flip in zip(completions, flips)]
+        probs = [1.0 - p if flip else p for p, flip in zip(self.compare(prompts, first, second), flips)]
+        if return_scores:
+            return probs
+        return [0 if p >= 0.5 else 1 for p in probs]
+
+    def _cached_scores(self, prompts: list[Prompt], first: list[str], second: list[str]) -> torch.Tensor:
+        """Scores of ordered pairs, each distinct (prompt, first, second) sent to the model at most once."""
+        keys = [(prompt_key(p), a, b) for p, a, b in zip(prompts, first, second)]
+        todo: dict[tuple, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._cache and key not in todo:
+                todo[key] = i
+        if todo:
+            rows = list(todo.values())
+            scores = self.score_ordered_pairs(
+                [prompts[i] for i in rows], [first[i] for i in rows], [second[i] for i in rows]
+            )
+            self.num_scored_pairs += len(rows)
+            fresh = dict(zip(todo, scores.detach().double().cpu().tolist()))
+        else:
+            fresh = {}
+        values = [fresh[key] if key in fresh else self._cache[key] for key in keys]
+        if self.cache_size > 0:
+            for key in keys:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+            self._cache.update(fresh)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return torch.tensor(values, dtype=torch.float64)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()

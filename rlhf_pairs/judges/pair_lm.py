@@ -1,0 +1,206 @@
+"""RLHFlow's pair preference LM: a causal LM that answers "A" or "B" after a comparison template."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from rlhf_pairs.conversation import Prompt, as_messages
+from rlhf_pairs.judges.base import PairwiseJudge, progress_bar
+from rlhf_pairs.tokenization import SafeEncoder, batches_by_tokens, pad_batch, resolve_device_and_dtype
+
+logger = logging.getLogger(__name__)
+
+PAIR_TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {response_A} [RESPONSE B] {response_B} \n"
+# The card's `tokenizer_plain.chat_template`, rendered by transformers' chat-template engine like the card does.
+PLAIN_CHAT_TEMPLATE = (
+    "\n{% for message in messages %}{% if loop.index0 % 2 == 0 %}\n\n<turn> user\n {{ message['content'] }}"
+    "{% else %}\n\n<turn> assistant\n {{ message['content'] }}{% endif %}{% endfor %}\n\n\n"
+)
+_SENTINEL = "\x00RLHF_PAIRS_CONTENT\x00"
+
+
+class PairPreferenceFormatter:
+    """Turns (prompt, response A, response B) into the pair preference LM's token ids.
+
+    The same code formats training examples and inference inputs, so the two cannot drift. Semantics follow the
+    RLHFlow card: ``context`` is the conversation rendered with the plain template, filled into
+    :data:`PAIR_TEMPLATE`, wrapped as one user message with the model's chat template (no generation prompt),
+    BOS text removed, encoded without special tokens.
+
+    Truncation (only when ``max_length`` is set and exceeded): the oldest context tokens go first, then both
+    responses are cut from their ends to equal shares; as a last resort the leftmost tokens are dropped. The end
+    of the template, where the model decides, is always kept.
+    """
+
+    def __init__(self, tokenizer, max_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.encoder = SafeEncoder(tokenizer)
+        ids = [tokenizer.encode(label, add_special_tokens=False) for label in ("A", "B")]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(
+                f"the tokenizer {type(tokenizer).__name__} must encode 'A' and 'B' as single tokens, got {ids}"
+            )
+        self.token_id_a, self.token_id_b = ids[0][0], ids[1][0]
+        if tokenizer.chat_template is None:
+            raise ValueError("the pair preference LM's tokenizer has no chat template to wrap the comparison in")
+        self.bos_text = tokenizer.bos_token or ""
+        wrapped = self.chat_text(_SENTINEL, strip_bos=False)
+        if wrapped.count(_SENTINEL) != 1:
+            raise ValueError("the tokenizer's chat template must place the user message content exactly once")
+        self._chat_prefix, self._chat_suffix = wrapped.split(_SENTINEL)
+        self.num_truncated = 0
+
+    def context(self, prompt: Prompt) -> str:
+        return self.tokenizer.apply_chat_template(as_messages(prompt), chat_template=PLAIN_CHAT_TEMPLATE, tokenize=False)
+
+    def chat_text(self, content: str, strip_bos: bool = True) -> str:
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
+        # The card's `.replace(bos_token, "")`: its only BOS is the template's leading one (a BOS string inside
+        # the content takes the safe path), so stripping the prefix is the same and spares templates such as
+        # ChatML whose BOS text also opens every turn.
+        return self._strip_bos(text) if strip_bos else text
+
+    def _strip_bos(self, text: str) -> str:
+        return text[len(self.bos_text) :] if self.bos_text and text.startswith(self.bos_text) else text
+
+    def encode(self, prompt: Prompt, response_a: str, response_b: str) -> list[int]:
+        context = self.context(prompt)
+        ids = self._encode_filled(context, response_a, response_b)
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids
+        self.num_truncated += 1
+        return self._truncate(context, response_a, response_b, ids)
+
+    def _encode_filled(self, context: str, response_a: str, response_b: str) -> list[int]:
+        content = PAIR_TEMPLATE.format(context=context, response_A=response_a, response_B=response_b)
+        if not self.encoder.has_special(content):
+            return self.encoder.template(self.chat_text(content))  # the card's exact path
+        # Untrusted text holds a special-token string: keep the template's specials, the content's as plain text.
+        wrapped = self.chat_text(content, strip_bos=False)
+        if not (wrapped.startswith(self._chat_prefix) and wrapped.endswith(self._chat_suffix)):
+            raise ValueError("the chat template rewrote the comparison prompt; cannot encode it safely")
+        inner = wrapped[len(self._chat_prefix) : len(wrapped) - len(self._chat_suffix)]
+        prefix = self._strip_bos(self._chat_prefix)
+        return self.encoder.template(prefix) + self.encoder.plain(inner) + self.encoder.template(self._chat_suffix)
+
+    def _truncate(self, context: str, response_a: str, response_b: str, ids: list[int]) -> list[int]:
+        decode = self.tokenizer.decode
+        excess = len(ids) - self.max_length
+        context_ids = self.encoder.plain(context)
+        context = decode(context_ids[min(excess, len(context_ids)) :]) if excess < len(context_ids) else ""
+        ids = self._encode_filled(context, response_a, response_b)
+        excess = len(ids) - self.max_length
+        if excess > 0:
+            a_ids, b_ids = self.encoder.plain(response_a), self.encoder.plain(response_b)
+            budget = max(len(a_ids) + len(b_ids) - excess, 0)
+            a_keep = min(len(a_ids), max(budget // 2, budget - len(b_ids)))
+            b_keep = min(len(b_ids), budget - a_keep)
+            ids = self._encode_filled(context, decode(a_ids[:a_keep]), decode(b_ids[:b_keep]))
+        # Decoding and re-encoding can shift a few tokens; the end of the template is what the model reads.
+        return ids[-self.max_length :]
+
+
+class PairPreferenceJudge(PairwiseJudge):
+    """RLHFlow's pair preference LM (``RLHFlow/pair-preference-model-LLaMA3-8B`` and models trained like it).
+
+    Per ordered pair, P(first is better) = softmax over the last-position logits of the tokens "A" and "B"
+    (``temperature``, 1.0 by default). :meth:`compare` averages P(a) over both orders, exactly like the card.
+
+    Inference is batched: rows are sorted by length into batches under ``batch_tokens`` (padded tokens per batch),
+    left-padded with explicit position ids, and only the last position's logits are computed.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        temperature: float = 1.0,
+        max_length: int | None = None,
+        batch_tokens: int = 16384,
+        max_batch_size: int = 64,
+        show_progress: bool | None = None,
+        cache_size: int = 100_000,
+    ):
+        super().__init__(cache_size=cache_size)
+        if temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        if max_length is None:
+            max_length = getattr(model.config, "max_position_embeddings", None)
+        self.formatter = PairPreferenceFormatter(tokenizer, max_length=max_length)
+        self.temperature = temperature
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+        self.show_progress = show_progress
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = pad if pad is not None else 0  # masked out: any id will do
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype = "auto",
+        attn_implementation: str | None = "sdpa",
+        tokenizer_name_or_path: str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        **judge_kwargs,
+    ) -> PairPreferenceJudge:
+        """Load a pair preference LM from the Hub or a local directory.
+
+        ``dtype="auto"`` is bf16 on CUDA and fp32 on CPU; ``attn_implementation`` is passed to transformers
+        ("sdpa" by default, "flash_attention_2" where flash-attn is installed). Other keyword arguments go to
+        the constructor (``temperature``, ``max_length``, ``batch_tokens``, ...).
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device, dtype = resolve_device_and_dtype(device, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_name_or_path or name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        ).to(device)
+        return cls(model, tokenizer, **judge_kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def score_ordered_pairs(self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+        truncated_before = self.formatter.num_truncated
+        encoded = [self.formatter.encode(p, a, b) for p, a, b in zip(prompts, first, second)]
+        if self.formatter.num_truncated > truncated_before:
+            logger.warning(
+                "%d comparison(s) exceeded max_length=%d and were truncated (oldest context first)",
+                self.formatter.num_truncated - truncated_before,
+                self.formatter.max_length,
+            )
+        batches = batches_by_tokens([len(e) for e in encoded], self.batch_tokens, self.max_batch_size)
+        label_ids = torch.tensor([self.formatter.token_id_a, self.formatter.token_id_b], device=self.device)
+        probs = torch.empty(len(encoded), dtype=torch.float32)
+        for batch in progress_bar(batches, self.show_progress, "pair LM"):
+            input_ids, mask = pad_batch([encoded[i] for i in batch], self.pad_token_id, left=True)
+            # Left padding shifts positions; explicit ids keep every row's positions as in an unpadded forward.
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=position_ids.to(self.device),
+                logits_to_keep=1,
+            ).logits[:, -1, :]
+            ab = logits.index_select(-1, label_ids).float() / self.temperature
+            probs[batch] = ab.softmax(-1)[:, 0].cpu()
+        return probs
