@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 Message = dict
-Prompt = Union[str, list[Message]]
+Prompt = str | list[Message]
 
 USER_ROLES = ("user",)
 ASSISTANT_ROLES = ("assistant",)

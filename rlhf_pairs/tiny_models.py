@@ -12,7 +12,13 @@ from pathlib import Path
 
 import torch
 
-LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+LLAMA3_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
 # Llama-3-8B-Instruct's chat template (the pair preference LM's tokenizer uses it).
 LLAMA3_CHAT_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
@@ -51,7 +57,10 @@ def train_tiny_bpe_tokenizer(vocab_size: int = 400):
     )
     backend.train_from_iterator(CORPUS * 4, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", clean_up_tokenization_spaces=False
+        tokenizer_object=backend,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
     return tokenizer

@@ -85,7 +85,9 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, left: bool) -> tu
     return ids, mask
 
 
-def resolve_device_and_dtype(device: str | torch.device | None, dtype: str | torch.dtype) -> tuple[torch.device, torch.dtype]:
+def resolve_device_and_dtype(
+    device: str | torch.device | None, dtype: str | torch.dtype
+) -> tuple[torch.device, torch.dtype]:
     """``device=None`` picks CUDA when present; ``dtype="auto"`` is bf16 on CUDA and fp32 elsewhere."""
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype == "auto":

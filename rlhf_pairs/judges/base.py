@@ -67,7 +67,9 @@ class PairwiseJudge(ABC):
         self.num_scored_pairs = 0  # ordered pairs sent to the model (cache hits excluded)
 
     @abstractmethod
-    def score_ordered_pairs(self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+    def score_ordered_pairs(
+        self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
+    ) -> torch.Tensor:
         """Score ordered pairs in one batched call; returns a float tensor of shape (len(prompts),).
 
         The score of a row is whatever :meth:`combine_orders` expects: by default P(first is better).

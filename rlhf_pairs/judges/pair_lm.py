@@ -55,7 +55,9 @@ class PairPreferenceFormatter:
         self.num_truncated = 0
 
     def context(self, prompt: Prompt) -> str:
-        return self.tokenizer.apply_chat_template(as_messages(prompt), chat_template=PLAIN_CHAT_TEMPLATE, tokenize=False)
+        return self.tokenizer.apply_chat_template(
+            as_messages(prompt), chat_template=PLAIN_CHAT_TEMPLATE, tokenize=False
+        )
 
     def chat_text(self, content: str, strip_bos: bool = True) -> str:
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
@@ -179,7 +181,9 @@ class PairPreferenceJudge(PairwiseJudge):
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def score_ordered_pairs(self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+    def score_ordered_pairs(
+        self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
+    ) -> torch.Tensor:
         truncated_before = self.formatter.num_truncated
         encoded = [self.formatter.encode(p, a, b) for p, a, b in zip(prompts, first, second)]
         if self.formatter.num_truncated > truncated_before:

@@ -14,7 +14,12 @@ from rlhf_pairs.conversation import Prompt, pairrm_source_and_candidates
 from rlhf_pairs.judges.base import PairwiseJudge, progress_bar
 from rlhf_pairs.tokenization import SafeEncoder, batches_by_tokens, pad_batch, resolve_device_and_dtype
 
-SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, CAND_PREFIX = "<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>"
+SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, CAND_PREFIX = (
+    "<|source|>",
+    "<|candidate1|>",
+    "<|candidate2|>",
+    "<|candidate|>",
+)
 SOURCE_MAX_LENGTH = 1224
 CANDIDATE_MAX_LENGTH = 412
 MAX_LENGTH = SOURCE_MAX_LENGTH + 2 * CANDIDATE_MAX_LENGTH  # 2048
@@ -208,7 +213,9 @@ class PairRMJudge(PairwiseJudge):
         return torch.sigmoid((forward - backward) / self.temperature)
 
     @torch.inference_mode()
-    def score_ordered_pairs(self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+    def score_ordered_pairs(
+        self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
+    ) -> torch.Tensor:
         """f(first, second) for each row: PairRM's logit, > 0 when ``first`` is better."""
         encoded = [self.encoder.encode(p, a, b) for p, a, b in zip(prompts, first, second)]
         batches = batches_by_tokens([len(ids) for ids, _ in encoded], self.batch_tokens, self.max_batch_size)
