@@ -8,6 +8,7 @@ from rlhf_pairs.judges import (
     PairRMJudge,
     PairwiseJudge,
 )
+from rlhf_pairs.ranking import RankingResult, RankingStats, rank_candidates, rank_candidates_with_stats
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,8 @@ __all__ = [
     "PairRMEncoder",
     "PairRMJudge",
     "PairwiseJudge",
+    "RankingResult",
+    "RankingStats",
+    "rank_candidates",
+    "rank_candidates_with_stats",
 ]

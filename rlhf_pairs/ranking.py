@@ -1,0 +1,319 @@
+"""Rank n candidate responses per prompt with a pairwise judge: a knockout tournament or a full round robin.
+
+The judge is used only through ``judge.compare(prompts, responses_a, responses_b)`` (P(a is better than b), both
+orders judged), so any object with that method works. Every prompt's tournament advances one round at a time and
+all matches of a round, across all prompts, go to the judge as one batched ``compare`` call.
+
+Knockout (``method="knockout"``), for n candidates:
+
+- The bracket is a shuffle of the candidate indices by a ``random.Random`` seeded from a SHA-256 of
+  (seed, prompt, n), so a prompt's bracket, and therefore its result, depends only on its own inputs and the seed:
+  ranking all prompts in one process, in shards over many processes, or in any order gives the same results.
+- Round 1 pairs the shuffled indices two by two; with n odd the last one gets a bye. In every later round an odd
+  entrant out also gets a bye, and a bye holder is put first in the next round so that it plays there.
+- Winners' bracket: the winners advance until one is left, the ``best``: exactly n - 1 matches.
+- Losers' bracket (``find_worst=True``): the round-1 losers, plus the round-1 bye holder when n is odd (it has
+  lost nothing yet, so it may be the worst), play a knockout in which the *loser* advances; the last one left is
+  the ``worst``. That pool has ceil(n/2) entrants, hence ceil(n/2) - 1 more matches. Every candidate outside the
+  pool beat someone in round 1, so for a transitive judge the pool holds the true worst and the bracket finds it.
+  In total n - 1 + ceil(n/2) - 1 = ceil(3n/2) - 2 matches, the known minimum for finding both extremes.
+- Both brackets have ceil(n/2) entrants after round 1, so they run side by side in the same calls:
+  ceil(log2 n) rounds, hence at most ceil(log2 n) ``compare`` calls for the largest n, whatever the number of prompts.
+
+Round robin (``method="round_robin"``): all n(n-1)/2 pairs in one call; ``scores[i]`` is the mean over j != i of
+P(i beats j); ``best`` is the argmax (ties: lowest index), ``worst`` the argmin (ties: highest index, so best and
+worst differ even when every score ties). The exact reference, for small n.
+
+Match outcome: with p = P(a beats b), a wins if p > 0.5, b if p < 0.5, and on an exact tie (p == 0.5) the candidate
+with the lower original index wins (so in the losers' bracket the higher index advances as the worse one).
+
+Judgements are cached within one call: each distinct (prompt, text, other text) is sent to the judge once, always in
+a canonical order (the texts sorted), and the other order is derived as 1 - p, so a pair's probability never depends
+on which other prompts share the batch. Two identical texts tie at p = 0.5 without a judge call (a judge that
+averages both orders gives exactly that). ``num_comparisons`` counts the matches played, cache hits included;
+:func:`rank_candidates_with_stats` also reports how many rows were actually sent to the judge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rlhf_pairs.conversation import Prompt, prompt_key, validate_prompt
+
+METHODS = ("knockout", "round_robin")
+SKIPPED_TOO_FEW = "fewer than 2 candidates"
+
+Match = tuple[int, int]  # candidate indices (a, b) of one prompt
+# A tournament yields the matches of its next round, receives P(a beats b) for each, and returns (best, worst, scores).
+Tournament = Generator[list[Match], list[float], tuple[int, "int | None", "list[float] | None"]]
+
+
+class SupportsCompare(Protocol):
+    def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
+        """P(responses_a[i] is better than responses_b[i] for prompts[i])."""
+        ...
+
+
+@dataclass
+class RankingResult:
+    """The ranking of one prompt's candidates.
+
+    Attributes:
+        best: index of the best candidate in the prompt's candidate list; ``None`` when there is no candidate.
+        worst: index of the worst candidate; ``None`` with ``find_worst=False`` or when there is no candidate.
+        scores: round robin only: per candidate, the mean P(it beats another candidate); ``None`` for knockout.
+        num_comparisons: matches played for this prompt (one match = one ``compare`` row, both orders judged),
+            cache hits and identical-text ties included.
+        skipped: why the prompt was not ranked (``"fewer than 2 candidates"``), else ``None``. A prompt with one
+            candidate gets best = 0 (and worst = 0 when asked for), with none best = worst = ``None``.
+        margin: P(best beats worst) when those two met in a match (always for round robin and for n = 2), else
+            ``None``.
+    """
+
+    best: int | None
+    worst: int | None
+    scores: list[float] | None
+    num_comparisons: int
+    skipped: str | None = None
+    margin: float | None = None
+
+
+@dataclass
+class RankingStats:
+    """What one :func:`rank_candidates_with_stats` call cost.
+
+    Attributes:
+        compare_calls: ``judge.compare`` calls made (one per round that needed the judge).
+        rows_judged: rows sent to the judge (distinct text pairs per prompt, identical texts excluded).
+        matches: matches played over all prompts (the sum of ``num_comparisons``).
+    """
+
+    compare_calls: int = 0
+    rows_judged: int = 0
+    matches: int = 0
+
+    @property
+    def cache_hits(self) -> int:
+        """Matches answered without a new judge row (repeated text pairs and identical texts)."""
+        return self.matches - self.rows_judged
+
+
+def bracket_order(prompt: Prompt, n: int, seed: int = 0) -> list[int]:
+    """The knockout's shuffled candidate indices for a prompt with ``n`` candidates.
+
+    Seeded from a SHA-256 of (seed, prompt, n), not Python's salted ``hash``: the same in every process and run.
+    """
+    blob = json.dumps([seed, prompt_key(prompt), n], ensure_ascii=False).encode("utf-8")
+    rng = random.Random(int.from_bytes(hashlib.sha256(blob).digest()[:8], "big"))
+    order = list(range(n))
+    rng.shuffle(order)
+    return order
+
+
+def rank_candidates(
+    judge: SupportsCompare,
+    prompts: Sequence[Prompt],
+    candidates: Sequence[Sequence[str]],
+    method: str = "knockout",
+    seed: int = 0,
+    find_worst: bool = True,
+) -> list[RankingResult]:
+    """Rank each prompt's candidate responses with a pairwise judge; one :class:`RankingResult` per prompt.
+
+    Args:
+        judge: any object with ``compare(prompts, responses_a, responses_b) -> list[float]`` returning
+            P(a is better than b), e.g. a :class:`~rlhf_pairs.PairwiseJudge`.
+        prompts: one prompt per row, a string or a chat message list ending with a user turn.
+        candidates: per prompt, the list of candidate responses (strings). Prompts with fewer than 2 candidates
+            are skipped (see :class:`RankingResult`); the others are still ranked in the same batched calls.
+        method: ``"knockout"`` (n - 1 matches for the best, ceil(n/2) - 1 more for the worst) or
+            ``"round_robin"`` (all n(n-1)/2 pairs, with per-candidate scores).
+        seed: seeds the knockout brackets (unused by round robin). Results depend only on (inputs, seed).
+        find_worst: knockout only: also run the losers' bracket for the worst candidate.
+
+    Raises:
+        ValueError: mismatched lengths, malformed prompts or candidate lists, an unknown method, or a judge that
+            returns the wrong number of probabilities or a non-finite one.
+
+    See the module docstring for the bracket, tie and caching rules.
+    """
+    results, _ = rank_candidates_with_stats(judge, prompts, candidates, method, seed, find_worst)
+    return results
+
+
+def rank_candidates_with_stats(
+    judge: SupportsCompare,
+    prompts: Sequence[Prompt],
+    candidates: Sequence[Sequence[str]],
+    method: str = "knockout",
+    seed: int = 0,
+    find_worst: bool = True,
+) -> tuple[list[RankingResult], RankingStats]:
+    """:func:`rank_candidates`, also returning the :class:`RankingStats` of the call (judge calls, rows sent)."""
+    _validate(prompts, candidates, method)
+    stats = RankingStats()
+    results: list[RankingResult | None] = [None] * len(prompts)
+    keys = [prompt_key(prompt) for prompt in prompts]
+    # Per active prompt: its tournament, the matches of its current round, and every match played so far.
+    active: dict[int, tuple[Tournament, list[Match], dict[Match, float]]] = {}
+    for i, texts in enumerate(candidates):
+        n = len(texts)
+        if n < 2:
+            only = 0 if n == 1 else None
+            results[i] = RankingResult(only, only if find_worst else None, None, 0, skipped=SKIPPED_TOO_FEW)
+            continue
+        if method == "knockout":
+            tournament = _knockout(bracket_order(prompts[i], n, seed), find_worst)
+        else:
+            tournament = _round_robin(n)
+        active[i] = (tournament, next(tournament), {})
+
+    cache: dict[tuple, float] = {}  # (prompt key, lower text, higher text) -> P(lower text beats higher text)
+    while active:
+        todo: dict[tuple, int] = {}  # rows to judge this round -> the prompt asking first
+        for i, (_, matches, _) in active.items():
+            for a, b in matches:
+                key = _pair_key(keys[i], candidates[i][a], candidates[i][b])
+                if key is not None and key not in cache and key not in todo:
+                    todo[key] = i
+        if todo:
+            rows = list(todo)
+            probs = judge.compare(
+                [prompts[todo[key]] for key in rows], [key[1] for key in rows], [key[2] for key in rows]
+            )
+            _check_probs(probs, len(rows))
+            cache.update(zip(rows, map(float, probs)))
+            stats.compare_calls += 1
+            stats.rows_judged += len(rows)
+
+        for i in list(active):
+            tournament, matches, played = active[i]
+            probs = [_probability(cache, keys[i], candidates[i][a], candidates[i][b]) for a, b in matches]
+            played.update(zip(matches, probs))
+            try:
+                active[i] = (tournament, tournament.send(probs), played)
+            except StopIteration as done:
+                best, worst, scores = done.value
+                results[i] = RankingResult(best, worst, scores, len(played), margin=_margin(played, best, worst))
+                stats.matches += len(played)
+                del active[i]
+    return results, stats
+
+
+def _knockout(order: list[int], find_worst: bool) -> Tournament:
+    """Winners' bracket over ``order`` and, alongside it, the losers' bracket (see the module docstring)."""
+    winners, losers = list(order), []
+    first_round = True
+    while len(winners) > 1 or len(losers) > 1:
+        winner_matches, loser_matches = _pair_up(winners), _pair_up(losers)
+        probs = yield winner_matches + loser_matches
+        winner_probs, loser_probs = probs[: len(winner_matches)], probs[len(winner_matches) :]
+        next_winners = [_winner(a, b, p) for (a, b), p in zip(winner_matches, winner_probs)]
+        next_losers = [_loser(a, b, p) for (a, b), p in zip(loser_matches, loser_probs)]
+        if first_round and find_worst:
+            next_losers = [_loser(a, b, p) for (a, b), p in zip(winner_matches, winner_probs)]
+        # A bye holder goes first in the next round so that it plays there; the round-1 bye holder has lost
+        # nothing, so it enters the losers' bracket too.
+        if len(winners) % 2:
+            next_winners.insert(0, winners[-1])
+            if first_round and find_worst:
+                next_losers.insert(0, winners[-1])
+        if len(losers) % 2:
+            next_losers.insert(0, losers[-1])
+        winners, losers, first_round = next_winners, next_losers, False
+    return winners[0], (losers[0] if find_worst else None), None
+
+
+def _round_robin(n: int) -> Tournament:
+    """All pairs in one round; scores are mean win probabilities, best/worst their argmax/argmin."""
+    matches = [(a, b) for a in range(n) for b in range(a + 1, n)]
+    probs = yield matches
+    wins: list[list[float]] = [[] for _ in range(n)]
+    for (a, b), p in zip(matches, probs):
+        wins[a].append(p)
+        wins[b].append(1.0 - p)
+    # fsum is exactly rounded, so candidates with identical texts get identical scores, whatever their positions.
+    scores = [math.fsum(w) / (n - 1) for w in wins]
+    best = max(range(n), key=lambda i: (scores[i], -i))  # ties: lowest index
+    worst = min(range(n), key=lambda i: (scores[i], -i))  # ties: highest index
+    return best, worst, scores
+
+
+def _pair_up(entrants: list[int]) -> list[Match]:
+    """Entrants paired two by two in order; an odd last one is left out (its bye)."""
+    return list(zip(entrants[0:-1:2], entrants[1::2]))
+
+
+def _winner(a: int, b: int, p: float) -> int:
+    """The winner of a match given p = P(a beats b); an exact tie goes to the lower index."""
+    if p > 0.5:
+        return a
+    if p < 0.5:
+        return b
+    return min(a, b)
+
+
+def _loser(a: int, b: int, p: float) -> int:
+    return b if _winner(a, b, p) == a else a
+
+
+def _pair_key(key: str | tuple, text_a: str, text_b: str) -> tuple | None:
+    """The cache key of a text pair (texts sorted, so both orders share it); ``None`` for identical texts."""
+    if text_a == text_b:
+        return None
+    return (key, text_a, text_b) if text_a < text_b else (key, text_b, text_a)
+
+
+def _probability(cache: dict[tuple, float], key: str | tuple, text_a: str, text_b: str) -> float:
+    """P(text_a beats text_b) from the cache: 0.5 for identical texts, 1 - p for the reversed order."""
+    pair = _pair_key(key, text_a, text_b)
+    if pair is None:
+        return 0.5
+    p = cache[pair]
+    return p if pair[1] == text_a else 1.0 - p
+
+
+def _margin(played: dict[Match, float], best: int, worst: int | None) -> float | None:
+    """P(best beats worst) if those two met in a match, else ``None``."""
+    if worst is None:
+        return None
+    if (best, worst) in played:
+        return played[(best, worst)]
+    if (worst, best) in played:
+        return 1.0 - played[(worst, best)]
+    return None
+
+
+def _check_probs(probs: Sequence[float], expected: int) -> None:
+    if len(probs) != expected:
+        raise ValueError(f"`judge.compare` returned {len(probs)} probabilities for {expected} rows")
+    for row, p in enumerate(probs):
+        if not math.isfinite(float(p)):
+            raise ValueError(f"`judge.compare` returned a non-finite probability ({p}) for row {row}")
+
+
+def _validate(prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]], method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"Unknown ranking method {method!r}; valid methods: {', '.join(METHODS)}")
+    for name, value in (("prompts", prompts), ("candidates", candidates)):
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ValueError(f"`{name}` must be a list, got {type(value).__name__}")
+    if len(prompts) != len(candidates):
+        raise ValueError(
+            f"`prompts` and `candidates` must have the same length, got {len(prompts)} prompts and "
+            f"{len(candidates)} candidate lists"
+        )
+    for i, prompt in enumerate(prompts):
+        validate_prompt(prompt, f"prompts[{i}]")
+    for i, texts in enumerate(candidates):
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise ValueError(f"`candidates[{i}]` must be a list of strings, got {type(texts).__name__}")
+        for j, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"`candidates[{i}][{j}]` must be a string, got {type(text).__name__}")
