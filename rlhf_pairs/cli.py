@@ -1,32 +1,36 @@
-"""The ``rlhf-pairs`` console command: one subcommand per job, each reaching the same ``main`` as its script."""
+"""The ``rlhf-pairs`` console command: ``rlhf-pairs <job> [args]`` runs the same ``main(argv)`` as the job's script."""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
 
 from rlhf_pairs import __version__
 
-# subcommand -> (module with make_parser() and main(args), one-line help); jobs arrive with their issues.
+# job -> (module with main(argv), one-line help); jobs arrive with their issues.
 JOBS = {
     "demo": ("rlhf_pairs.demo", "judge bundled pairs with the embedded SmolLM2 (offline, CPU)"),
+    "rank": ("rlhf_pairs.rank_cli", "rank candidate responses per prompt with a pair judge (accelerate-aware)"),
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    import importlib
+def usage() -> str:
+    jobs = "\n".join(f"  {name:<8}{help_text}" for name, (_, help_text) in JOBS.items())
+    return f"usage: rlhf-pairs <job> [--help] [args]\n\njobs:\n{jobs}\n"
 
-    parser = argparse.ArgumentParser(prog="rlhf-pairs", description="RLHF with pairwise preference models on TRL")
-    parser.add_argument("--version", action="version", version=f"rlhf-pairs {__version__}")
-    sub = parser.add_subparsers(dest="job", required=True)
-    argv = sys.argv[1:] if argv is None else argv
-    job = next((a for a in argv if a in JOBS), None)
-    for name, (module, help_text) in JOBS.items():
-        job_parser = sub.add_parser(name, help=help_text)
-        if name == job:  # import only the job that runs
-            importlib.import_module(module).make_parser(job_parser)
-    args = parser.parse_args(argv)
-    importlib.import_module(JOBS[args.job][0]).main(args)
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"rlhf-pairs {__version__}")
+        return 0
+    if argv[0] not in JOBS:
+        print(f"rlhf-pairs: unknown job {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    importlib.import_module(JOBS[argv[0]][0]).main(argv[1:])
     return 0
 
 

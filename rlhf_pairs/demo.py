@@ -22,8 +22,10 @@ def load_demo_pairs() -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-pairs demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--judge", default=None, help="a local pair preference LM; default: embedded SmolLM2-135M")
     parser.add_argument("--cache-dir", default=None, help="where the converted SmolLM2 lives (~/.cache/rlhf_pairs)")
     parser.add_argument("--limit", type=int, default=None, help="judge only the first N bundled pairs")
@@ -31,8 +33,8 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     return parser
 
 
-def main(args: argparse.Namespace | None = None) -> dict:
-    args = args or make_parser().parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     # ---- judge ----

@@ -1,0 +1,223 @@
+"""The ``rank`` job: rank every prompt's candidate responses with a pair judge, sharded over processes, resumable.
+
+Input: any datasets-loadable source with ``prompt`` (str or messages) and ``responses`` (list[str]), the RLHFlow
+Online-RLHF generation format. Output: the input rows, in input order, plus ``best``, ``worst``, ``scores``,
+``num_comparisons``, ``margin``, ``skipped`` and, for DPO, ``chosen``/``rejected`` (the best and worst responses;
+``None`` for a skipped prompt).
+
+The rows are cut into fixed shards of ``shard_size`` prompts; process k of K ranks shards k, k+K, ... and writes each
+one atomically under ``<output>.shards/``. The main process then joins the shards in order into ``output``
+(atomically). Because a shard's content does not depend on the number of processes and each prompt's ranking
+depends only on (inputs, seed), the output is identical for 1 process or many. A killed run re-run with the same
+arguments skips the finished shards; a run with different arguments over the same shards is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhf_pairs.io import write_jsonl_atomic
+from rlhf_pairs.ranking import METHODS, rank_candidates_with_stats
+
+logger = logging.getLogger(__name__)
+
+JUDGE_TYPES = ("pair_lm", "pairrm")
+
+
+@dataclass
+class RankConfig:
+    """Configuration of the ``rank`` job.
+
+    Data: ``dataset``, ``split``, ``output``. Judge: ``judge_type``, ``judge``, ``dtype``, ``attn_implementation``,
+    ``temperature``, ``max_length``, ``batch_tokens``. Ranking: ``method``, ``seed``, ``find_worst``.
+    Execution: ``shard_size``, ``max_shards``, ``overwrite``.
+    """
+
+    dataset: str = field(metadata={"help": "Hub name, local jsonl/json/parquet file, or a load_from_disk directory."})
+    output: str = field(metadata={"help": "Output file (.jsonl or .parquet); shards go to <output>.shards/."})
+    judge: str = field(metadata={"help": "Judge model: Hub name or local path."})
+    judge_type: str = field(default="pair_lm", metadata={"help": f"One of {JUDGE_TYPES}."})
+    split: str = field(default="train", metadata={"help": "Dataset split."})
+    method: str = field(default="knockout", metadata={"help": f"One of {METHODS}."})
+    seed: int = field(default=0, metadata={"help": "Seeds the knockout brackets; results depend only on it."})
+    find_worst: bool = field(default=True, metadata={"help": "Also find the worst candidate (knockout)."})
+    dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 on CUDA, fp32 on CPU) or a torch dtype."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2."})
+    temperature: float = field(default=1.0, metadata={"help": "Judge temperature."})
+    max_length: int | None = field(default=None, metadata={"help": "Pair LM truncation length (model max)."})
+    batch_tokens: int | None = field(default=None, metadata={"help": "Padded tokens per judge batch."})
+    shard_size: int = field(default=256, metadata={"help": "Prompts per shard (the unit of resume)."})
+    max_shards: int | None = field(
+        default=None, metadata={"help": "Stop after ranking this many new shards (time-boxed runs); re-run to go on."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Discard finished shards made with other arguments."})
+
+    def __post_init__(self):
+        if self.judge_type not in JUDGE_TYPES:
+            raise ValueError(f"`judge_type` must be one of {JUDGE_TYPES}, got {self.judge_type!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}")
+        if self.shard_size < 1:
+            raise ValueError(f"`shard_size` must be >= 1, got {self.shard_size}")
+        if Path(self.output).suffix not in (".jsonl", ".parquet"):
+            raise ValueError(f"`output` must end with .jsonl or .parquet, got {self.output!r}")
+
+
+def load_rows(source: str, split: str = "train") -> list[dict]:
+    """Rows of a datasets-loadable source: a local jsonl/json/parquet file, a ``save_to_disk`` directory, or a
+    Hub dataset name."""
+    import datasets
+
+    path = Path(source)
+    if path.is_file():
+        builder = "parquet" if path.suffix == ".parquet" else "json"
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    elif path.is_dir() and (path / "dataset_info.json").exists():
+        ds = datasets.load_from_disk(str(path))
+    elif path.is_dir() and (path / split / "dataset_info.json").exists():
+        ds = datasets.load_from_disk(str(path / split))
+    else:
+        ds = datasets.load_dataset(source, split=split)
+    return ds.to_list()
+
+
+def _load_judge(config: RankConfig, device):
+    kwargs = {"device": device, "dtype": config.dtype, "temperature": config.temperature}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    if config.batch_tokens:
+        kwargs["batch_tokens"] = config.batch_tokens
+    if config.judge_type == "pair_lm":
+        from rlhf_pairs.judges.pair_lm import PairPreferenceJudge
+
+        if config.max_length:
+            kwargs["max_length"] = config.max_length
+        return PairPreferenceJudge.from_pretrained(config.judge, **kwargs)
+    from rlhf_pairs.judges.pairrm import PairRMJudge
+
+    return PairRMJudge.from_pretrained(config.judge, **kwargs)
+
+
+def _fingerprint(config: RankConfig, rows: list[dict]) -> dict:
+    """What a shard's content depends on; finished shards are reused only when it matches."""
+    keys = ("judge", "judge_type", "method", "seed", "find_worst", "dtype", "temperature", "max_length", "shard_size")
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    return {**{k: getattr(config, k) for k in keys}, "rows": len(rows), "input_sha256": digest}
+
+
+def rank_rows(judge, rows: list[dict], method: str, seed: int, find_worst: bool):
+    """Rank a list of ``prompt``/``responses`` rows; returns (output rows, stats)."""
+    for i, row in enumerate(rows):
+        if "prompt" not in row or "responses" not in row:
+            raise ValueError(f"row {i} must have 'prompt' and 'responses' columns, has {sorted(row)}")
+    results, stats = rank_candidates_with_stats(
+        judge,
+        [r["prompt"] for r in rows],
+        [r["responses"] for r in rows],
+        method=method,
+        seed=seed,
+        find_worst=find_worst,
+    )
+    out = []
+    for row, res in zip(rows, results):
+        pairable = res.skipped is None and res.worst is not None
+        out.append(
+            {
+                **row,
+                "best": res.best,
+                "worst": res.worst,
+                "scores": res.scores,
+                "num_comparisons": res.num_comparisons,
+                "margin": res.margin,
+                "skipped": res.skipped,
+                "chosen": row["responses"][res.best] if pairable else None,
+                "rejected": row["responses"][res.worst] if pairable else None,
+            }
+        )
+    return out, stats
+
+
+def run(config: RankConfig) -> dict:
+    """Rank ``config.dataset`` into ``config.output``; returns the summary (on every process)."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    state = PartialState()
+    rows = load_rows(config.dataset, config.split)
+    shard_dir = Path(str(config.output) + ".shards")
+    fingerprint = _fingerprint(config, rows)
+    marker = shard_dir / "fingerprint.json"
+    if state.is_main_process:
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        if marker.exists() and json.loads(marker.read_text()) != fingerprint:
+            if not config.overwrite:
+                raise ValueError(
+                    f"{shard_dir} holds shards made with other arguments or input "
+                    f"({json.loads(marker.read_text())}); pass --overwrite to discard them or choose another output"
+                )
+            for stale in shard_dir.glob("shard-*.jsonl"):
+                stale.unlink()
+        marker.write_text(json.dumps(fingerprint, indent=1))
+    state.wait_for_everyone()
+
+    starts = list(range(0, len(rows), config.shard_size))
+    mine = [k for k in range(len(starts)) if k % state.num_processes == state.process_index]
+    todo = [k for k in mine if not (shard_dir / f"shard-{k:05d}.jsonl").exists()]
+    if config.max_shards is not None:
+        todo = todo[: config.max_shards]
+    judge = _load_judge(config, state.device) if todo else None
+    matches = rows_judged = 0
+    start = time.perf_counter()
+    for k in tqdm(todo, desc="ranking shards", disable=not state.is_main_process):
+        shard_rows, stats = rank_rows(
+            judge, rows[starts[k] : starts[k] + config.shard_size], config.method, config.seed, config.find_worst
+        )
+        write_jsonl_atomic(shard_dir / f"shard-{k:05d}.jsonl", shard_rows)
+        matches += stats.matches
+        rows_judged += stats.rows_judged
+    elapsed = time.perf_counter() - start
+    state.wait_for_everyone()
+
+    done = all((shard_dir / f"shard-{k:05d}.jsonl").exists() for k in range(len(starts)))
+    summary = {"prompts": len(rows), "shards": len(starts), "complete": done}
+    if done:
+        ranked = [json.loads(line) for k in range(len(starts)) for line in open(shard_dir / f"shard-{k:05d}.jsonl")]
+        if len(ranked) != len(rows):
+            raise RuntimeError(f"shards hold {len(ranked)} rows for {len(rows)} input rows; re-run with --overwrite")
+        summary.update(
+            ranked=sum(r["skipped"] is None for r in ranked),
+            skipped=sum(r["skipped"] is not None for r in ranked),
+            comparisons=sum(r["num_comparisons"] for r in ranked),
+        )
+        if state.is_main_process:
+            _write_output(Path(config.output), ranked)
+    summary.update(new_matches_this_process=matches, judge_rows_this_process=rows_judged)
+    summary["pairs_per_second"] = matches / elapsed if elapsed > 0 and matches else 0.0
+    if state.is_main_process:
+        logger.info(
+            "rank: %d prompts, %s ranked, %s skipped, %s comparisons, %.1f pairs/s (main process)%s",
+            len(rows),
+            summary.get("ranked", "?"),
+            summary.get("skipped", "?"),
+            summary.get("comparisons", "?"),
+            summary["pairs_per_second"],
+            "" if done else f"; incomplete, re-run to finish ({config.output})",
+        )
+    return summary
+
+
+def _write_output(path: Path, rows: list[dict]) -> None:
+    if path.suffix == ".jsonl":
+        write_jsonl_atomic(path, rows)
+        return
+    import datasets
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp))
+    os.replace(tmp, path)
