@@ -10,11 +10,11 @@ from rlhf_pairs.cli import main as cli
 from rlhf_pairs.demo import load_demo_pairs
 
 
-def test_version(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli(["--version"])
-    assert exit_info.value.code == 0
-    assert "rlhf-pairs" in capsys.readouterr().out
+def test_version_usage_and_unknown_job(capsys):
+    assert cli(["--version"]) == 0
+    assert "rlhf-pairs 0.1.0" in capsys.readouterr().out
+    assert cli([]) == 2 and "jobs:" in capsys.readouterr().out
+    assert cli(["nope"]) == 2 and "unknown job 'nope'" in capsys.readouterr().err
 
 
 def test_demo_judges_bundled_pairs(tiny_pair_lm_path, tmp_path, capsys):
