@@ -167,8 +167,9 @@ def run(config: RankConfig) -> dict:
     state.wait_for_everyone()
 
     starts = list(range(0, len(rows), config.shard_size))
+    shards = [shard_dir / f"shard-{k:05d}.jsonl" for k in range(len(starts))]
     mine = [k for k in range(len(starts)) if k % state.num_processes == state.process_index]
-    todo = [k for k in mine if not (shard_dir / f"shard-{k:05d}.jsonl").exists()]
+    todo = [k for k in mine if not shards[k].exists()]
     if config.max_shards is not None:
         todo = todo[: config.max_shards]
     judge = _load_judge(config, state.device) if todo else None
@@ -178,16 +179,16 @@ def run(config: RankConfig) -> dict:
         shard_rows, stats = rank_rows(
             judge, rows[starts[k] : starts[k] + config.shard_size], config.method, config.seed, config.find_worst
         )
-        write_jsonl_atomic(shard_dir / f"shard-{k:05d}.jsonl", shard_rows)
+        write_jsonl_atomic(shards[k], shard_rows)
         matches += stats.matches
         rows_judged += stats.rows_judged
     elapsed = time.perf_counter() - start
     state.wait_for_everyone()
 
-    done = all((shard_dir / f"shard-{k:05d}.jsonl").exists() for k in range(len(starts)))
+    done = all(shard.exists() for shard in shards)
     summary = {"prompts": len(rows), "shards": len(starts), "complete": done}
     if done:
-        ranked = [json.loads(line) for k in range(len(starts)) for line in open(shard_dir / f"shard-{k:05d}.jsonl")]
+        ranked = [json.loads(line) for shard in shards for line in shard.read_text(encoding="utf-8").splitlines()]
         if len(ranked) != len(rows):
             raise RuntimeError(f"shards hold {len(ranked)} rows for {len(rows)} input rows; re-run with --overwrite")
         summary.update(
