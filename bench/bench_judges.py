@@ -94,7 +94,7 @@ def timed(device: torch.device, out: dict):
 def build_pair_lm(size: str, device: torch.device, dtype: torch.dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf_pairs.tiny_models import train_tiny_bpe_tokenizer
+    from rlhf_pairs.testing_utils import train_tiny_bpe_tokenizer
 
     tokenizer = train_tiny_bpe_tokenizer()
     shapes = {
@@ -156,7 +156,7 @@ def build_pairrm(size: str, device: torch.device, dtype: torch.dtype):
     from transformers import DebertaV2Config
 
     from rlhf_pairs.judges.pairrm import DebertaV2PairRM
-    from rlhf_pairs.tiny_models import PAIRRM_PREFIX_TOKENS, train_tiny_unigram_tokenizer
+    from rlhf_pairs.testing_utils import PAIRRM_PREFIX_TOKENS, train_tiny_unigram_tokenizer
 
     tokenizer = train_tiny_unigram_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in PAIRRM_PREFIX_TOKENS}
@@ -237,7 +237,7 @@ def run_method(name, fn, lengths, flops_per_seq, device, peak, pairs) -> tuple[d
 
 def bench_judge(kind: str, args, device) -> dict:
     from rlhf_pairs import PairPreferenceJudge, PairRMJudge
-    from rlhf_pairs.judges.deberta_attention import use_sdpa_attention
+    from rlhf_pairs.judges.modeling_pairrm import use_sdpa_attention
 
     print(f"{kind} ({args.size}), {args.pairs} pairs ...", file=sys.stderr, flush=True)
     fast_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -335,7 +335,7 @@ def bench_tournament(args, device) -> list[dict]:
 
     fast_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = build_pairrm(args.size, device, fast_dtype)
-    from rlhf_pairs.judges.deberta_attention import use_sdpa_attention
+    from rlhf_pairs.judges.modeling_pairrm import use_sdpa_attention
 
     use_sdpa_attention(model)
     rng = random.Random(args.seed + 1)
@@ -432,7 +432,7 @@ def main(argv=None) -> dict:
     table = to_markdown(report)
     print(table)
     if args.out:
-        from rlhf_pairs.io import write_json_atomic, write_text_atomic
+        from rlhf_pairs.utils.io import write_json_atomic, write_text_atomic
 
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         write_json_atomic(args.out, report)

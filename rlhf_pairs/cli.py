@@ -1,4 +1,11 @@
-"""The ``rlhf-pairs`` console command: ``rlhf-pairs <job> [args]`` runs the same ``main(argv)`` as the job's script."""
+"""The ``rlhf-pairs`` console command: ``rlhf-pairs <job> [args]`` runs the job's script (``rlhf_pairs/scripts``).
+
+- ``--config`` takes a recipe file or the name of a shipped recipe (``rlhf-pairs rank --config pair_lm_knockout``).
+- Without launcher flags the job runs in this process. With ``--accelerate_config NAME_OR_PATH`` (a shipped
+  launcher config: ``cpu_2proc``, ``multi_gpu``, ``zero2``, ``zero3``) or any other ``accelerate launch`` flag
+  (``--num_processes 8``, ``--num_machines``, ...), the command starts ``accelerate launch`` on the job's script, as
+  ``trl <command>`` does: the job's own arguments are passed through unchanged.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +14,83 @@ import sys
 
 from rlhf_pairs import __version__
 
-# job -> (module with main(argv), one-line help); jobs arrive with their issues.
+# job -> (script module, one-line help)
 JOBS = {
     "demo": (
-        "rlhf_pairs.demo",
+        "rlhf_pairs.scripts.demo",
         "a round of iterative DPO on the embedded SmolLM2: generate, rank, pairs, DPO, win rate (CPU)",
     ),
-    "rank": ("rlhf_pairs.rank_cli", "rank candidate responses per prompt with a pair judge (accelerate-aware)"),
-    "iterate": ("rlhf_pairs.iterate", "iterative DPO / rejection sampling with a pair judge, resumable by stage"),
-    "eval": ("rlhf_pairs.eval_cli", "judge accuracy and position/length bias on RewardBench-format pairs"),
-    "online-dpo": ("rlhf_pairs.online_dpo", "online DPO (TRL) with a pair judge as the reward"),
-    "grpo": ("rlhf_pairs.grpo", "GRPO (TRL) with pair-judge tournament scores as the reward"),
-    "train-pm": ("rlhf_pairs.train_pair_pm", "train a pair preference LM (RLHFlow recipe, TRL SFTTrainer)"),
-    "train-pairrm": ("rlhf_pairs.train_pairrm", "fine-tune a PairRM pair ranker (logistic loss, both orders)"),
+    "rank": ("rlhf_pairs.scripts.rank", "rank candidate responses per prompt with a pair judge (accelerate-aware)"),
+    "iterate": ("rlhf_pairs.scripts.iterate", "iterative DPO / rejection sampling with a pair judge, resumable"),
+    "eval": ("rlhf_pairs.scripts.eval_judge", "judge accuracy and position/length bias on RewardBench-format pairs"),
+    "online-dpo": ("rlhf_pairs.scripts.online_dpo", "online DPO (TRL) with a pair judge as the reward"),
+    "grpo": ("rlhf_pairs.scripts.grpo", "GRPO (TRL) with pair-judge tournament scores as the reward"),
+    "train-pm": ("rlhf_pairs.scripts.train_pair_pm", "train a pair preference LM (RLHFlow recipe, TRL SFTTrainer)"),
+    "train-pairrm": ("rlhf_pairs.scripts.train_pairrm", "fine-tune a PairRM pair ranker (logistic loss, both orders)"),
 }
 
 
 def usage() -> str:
     jobs = "\n".join(f"  {name:<14}{help_text}" for name, (_, help_text) in JOBS.items())
-    return f"usage: rlhf-pairs <job> [--help] [args]\n\njobs:\n{jobs}\n"
+    return (
+        "usage: rlhf-pairs <job> [--help] [--config RECIPE] [--accelerate_config NAME --num_processes N] [args]\n\n"
+        f"jobs:\n{jobs}\n"
+    )
+
+
+def launcher_flags() -> set[str]:
+    """The option strings of ``accelerate launch`` (plus ``--accelerate_config``)."""
+    from accelerate.commands.launch import launch_command_parser
+
+    flags = {"--accelerate_config"}
+    for action in launch_command_parser()._actions:
+        flags.update(s for s in action.option_strings if s.startswith("--") and s != "--help")
+    return flags
+
+
+def split_launch_args(argv: list[str], job_flags: set[str]) -> tuple[list[str], list[str]]:
+    """(accelerate launch arguments, job arguments) of ``argv``: an option belongs to the launcher when
+    ``accelerate launch`` knows it and the job does not; its value (the next token unless it starts with ``--``)
+    goes with it."""
+    launch, job = [], []
+    flags = launcher_flags() - job_flags
+    i = 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        target = launch if name in flags else job
+        target.append(argv[i])
+        if "=" not in argv[i] and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            target.append(argv[i + 1])
+            i += 1
+        i += 1
+    return launch, job
+
+
+def job_flags(module) -> set[str]:
+    """The option strings the job's own parser knows."""
+    parser = module.make_parser()
+    return {s for action in parser._actions for s in action.option_strings}
+
+
+def launch(module, launch_args: list[str], job_args: list[str]) -> int:
+    """``accelerate launch <launch_args> <module's file> <job_args>``, ``--accelerate_config`` resolved to a
+    ``--config_file``; returns the launcher's exit status."""
+    import subprocess
+
+    from rlhf_pairs.scripts import accelerate_config_path
+
+    args = list(launch_args)
+    if "--accelerate_config" in args:
+        i = args.index("--accelerate_config")
+        if i + 1 >= len(args):
+            raise ValueError("--accelerate_config needs a value: a shipped config name or a file")
+        args[i : i + 2] = ["--config_file", accelerate_config_path(args[i + 1])]
+    for i, arg in enumerate(args):
+        if arg.startswith("--accelerate_config="):
+            args[i : i + 1] = ["--config_file", accelerate_config_path(arg.split("=", 1)[1])]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *args, module.__file__, *job_args]
+    print("rlhf-pairs: " + " ".join(command), file=sys.stderr)
+    return subprocess.call(command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in JOBS:
         print(f"rlhf-pairs: unknown job {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    importlib.import_module(JOBS[argv[0]][0]).main(argv[1:])
+    module = importlib.import_module(JOBS[argv[0]][0])
+    from rlhf_pairs.scripts import run
+
+    args = argv[1:]
+    launcher, job_args = split_launch_args(args, job_flags(module))
+    if launcher:
+        return launch(module, launcher, job_args)
+    run(module, job_args)
     return 0
 
 

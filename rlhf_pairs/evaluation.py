@@ -5,8 +5,9 @@ Three layers, each usable alone:
 - :func:`score_examples` asks a judge about ``prompt``/``chosen``/``rejected`` rows and returns one record per row:
   P(chosen is better) (the judge's verdict, both orders combined exactly as ``compare`` does) and, for a
   :class:`PairwiseJudge` whose scores map to probabilities, P(first is better) in each of the two orders.
-- pure metrics over those records: :func:`pair_outcome`, :func:`subset_metrics`, :func:`section_scores`,
-  :func:`position_metrics`, :func:`length_bias`, all gathered by :func:`build_report`;
+- pure metrics over those records: :func:`pair_outcome` (the tie rule, from :mod:`rlhf_pairs.win_rate`),
+  :func:`subset_metrics`, :func:`section_scores`, :func:`position_metrics`, :func:`length_bias`, all gathered by
+  :func:`build_report`;
 - :func:`format_report`: the report as readable Markdown tables.
 
 RewardBench conventions, reproduced on purpose:
@@ -31,6 +32,7 @@ from statistics import fmean
 import torch
 
 from rlhf_pairs.judges.base import PairwiseJudge, check_pair_inputs
+from rlhf_pairs.win_rate import pair_outcome
 
 # From allenai/reward-bench, rewardbench/constants.py (EXAMPLE_COUNTS, SUBSET_MAPPING), as is. Upstream's weights
 # differ from the actual subset sizes in two places: math-prm (447 rows, weighted 984) and xstest, whose filtered
@@ -130,9 +132,10 @@ def first_position_probabilities(judge: PairwiseJudge, scores: torch.Tensor) -> 
 def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0) -> list[dict]:
     """Judge RewardBench rows in one batched judge call; one record per row, in order.
 
-    ``judge`` is a :class:`PairwiseJudge` (both orders of every pair are scored with one ``score_ordered_pairs``
-    call; P(chosen) is ``combine_orders`` of the two scores, the number ``compare`` returns) or any object with
-    ``compare(prompts, responses_a, responses_b)`` (then only P(chosen) is known).
+    ``judge`` is a :class:`PairwiseJudge` (both orders of every pair are scored by ``score_both_orders``, one
+    batched ``score_ordered_pairs`` call, uncached; P(chosen) is ``combine_orders`` of the two scores, the number
+    ``compare`` returns) or any object with ``compare(prompts, responses_a, responses_b)`` (then only P(chosen) is
+    known).
 
     Each record: ``index`` (``start_index`` + position), ``id`` (the row's, if any), ``subset``, ``p_chosen``
     (P(chosen is better), both orders combined), ``correct`` (:func:`pair_outcome`), ``p_first_chosen_first`` and
@@ -147,14 +150,9 @@ def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0) -> list
     first_probs = None
     if isinstance(judge, PairwiseJudge):
         check_pair_inputs(prompts, chosen, rejected)
-        # Interleaved (chosen, rejected), (rejected, chosen): both orders of a pair land in the same batch.
-        scores = judge.score_ordered_pairs(
-            [p for p in prompts for _ in range(2)],
-            [r for pair in zip(chosen, rejected) for r in pair],
-            [r for pair in zip(rejected, chosen) for r in pair],
-        )
+        forward, backward = judge.score_both_orders(prompts, chosen, rejected)
         # The same float64 path as PairwiseJudge.compare, so p_chosen equals compare()'s number exactly.
-        scores = scores.detach().double().cpu().view(n, 2)
+        scores = torch.stack((forward, backward), dim=1).detach().double().cpu()
         p_chosen = judge.combine_orders(scores[:, 0], scores[:, 1]).tolist()
         mapped = first_position_probabilities(judge, scores)
         first_probs = None if mapped is None else mapped.double().tolist()
@@ -181,11 +179,6 @@ def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0) -> list
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def pair_outcome(p_chosen: float) -> float:
-    """1.0 when P(chosen is better) > 0.5, 0.0 when < 0.5, and 0.5 for an exact tie (RewardBench's pairwise rule)."""
-    return 1.0 if p_chosen > 0.5 else 0.5 if p_chosen == 0.5 else 0.0
 
 
 def order_verdict(p_first: float) -> int:
@@ -306,7 +299,8 @@ def build_report(examples: Sequence[Mapping], metadata: Mapping | None = None) -
 # --------------------------------------------------------------------------- presentation
 
 
-def _pct(value: float | None) -> str:
+def format_percent(value: float | None) -> str:
+    """A share in [0, 1] as a percentage with two decimals (``0.8125`` -> ``"81.25"``), ``"n/a"`` for ``None``."""
     return "n/a" if value is None else f"{100 * value:.2f}"
 
 
@@ -319,17 +313,20 @@ def format_report(report: Mapping) -> str:
     position, length = report["position"], report["length"]
     lines = [f"# Judge evaluation: {report['metadata'].get('judge', 'judge')}", ""]
     lines += ["| Section | Score |", "|---|---:|"]
-    lines += [f"| {name} | {_pct(value)} |" for name, value in report["sections"].items()]
-    lines += [f"| **Score** (mean of {len(report['score_sections'])} sections) | {_pct(report['score'])} |", ""]
+    lines += [f"| {name} | {format_percent(value)} |" for name, value in report["sections"].items()]
     lines += [
-        f"- Examples: {report['num_examples']}, accuracy {_pct(report['accuracy'])}, ties {report['ties']}: "
+        f"| **Score** (mean of {len(report['score_sections'])} sections) | {format_percent(report['score'])} |",
+        "",
+    ]
+    lines += [
+        f"- Examples: {report['num_examples']}, accuracy {format_percent(report['accuracy'])}, ties {report['ties']}: "
         f"{report['tie_rule']}",
-        f"- Position consistency: {_pct(position['consistency'])}; position bias (mean P(first) - 0.5): "
+        f"- Position consistency: {format_percent(position['consistency'])}; position bias (mean P(first) - 0.5): "
         f"{_signed(position['bias'])}" + (f" ({position['reason']})" if position.get("reason") else ""),
-        f"- Length ({length['unit']}): accuracy {_pct(length['chosen_longer']['accuracy'])} when chosen is longer "
-        f"(n={length['chosen_longer']['count']}), {_pct(length['chosen_shorter']['accuracy'])} when shorter "
-        f"(n={length['chosen_shorter']['count']}), {_pct(length['equal_length']['accuracy'])} when equal "
-        f"(n={length['equal_length']['count']})",
+        f"- Length ({length['unit']}): accuracy {format_percent(length['chosen_longer']['accuracy'])} when chosen is "
+        f"longer (n={length['chosen_longer']['count']}), {format_percent(length['chosen_shorter']['accuracy'])} "
+        f"when shorter (n={length['chosen_shorter']['count']}), {format_percent(length['equal_length']['accuracy'])} "
+        f"when equal (n={length['equal_length']['count']})",
     ]
     if report["unknown_subsets"]:
         lines.append(
@@ -343,7 +340,7 @@ def format_report(report: Mapping) -> str:
     section_of = {s: name for name, members in SUBSET_MAPPING.items() for s in members}
     for name, m in report["subsets"].items():
         lines.append(
-            f"| {name} | {section_of.get(name, '-')} | {m['count']} | {_pct(m['accuracy'])} | {m['ties']} | "
-            f"{_pct(m['position_consistency'])} | {_signed(m['position_bias'])} |"
+            f"| {name} | {section_of.get(name, '-')} | {m['count']} | {format_percent(m['accuracy'])} | {m['ties']} | "
+            f"{format_percent(m['position_consistency'])} | {_signed(m['position_bias'])} |"
         )
     return "\n".join(lines) + "\n"

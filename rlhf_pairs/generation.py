@@ -8,28 +8,21 @@ into a judge's or a trainer's template.
 
 Reproducibility: :func:`generate_candidates` seeds torch's RNG from its ``seed`` before sampling, so the same
 inputs, settings, seed, device and dtype give the same candidates. Callers that shard prompts over processes pass
-fixed chunks with a seed derived from the chunk (see :func:`chunk_seed`), which makes the result independent of
+fixed chunks with a seed derived from the chunk (see :func:`rlhf_pairs.utils.hashing.derived_seed`), which makes the result independent of
 the number of processes.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from rlhf_pairs.conversation import Prompt, as_messages
+from rlhf_pairs.data_utils import Prompt, as_messages
 from rlhf_pairs.tokenization import SafeEncoder
 
 _SENTINEL = "\x00RLHF_PAIRS_MESSAGE_{}\x00"
-
-
-def chunk_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed derived from ``seed`` and ``parts`` (e.g. round and chunk index) with SHA-256."""
-    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 class ChatPromptEncoder:

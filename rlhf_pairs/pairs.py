@@ -18,8 +18,8 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 
-from rlhf_pairs.conversation import as_messages
-from rlhf_pairs.generation import chunk_seed
+from rlhf_pairs.data_utils import as_messages
+from rlhf_pairs.utils.hashing import derived_seed
 
 PAIR_STRATEGIES = ("max_min", "max_random")
 DROP_REASONS = ("not_ranked", "identical", "below_margin")
@@ -56,7 +56,7 @@ def build_dpo_pairs(
             rejected = row["worst"]
             if strategy == "max_random":
                 others = [i for i in range(len(row["responses"])) if i != row["best"]]
-                rejected = random.Random(chunk_seed(seed, "max_random", index)).choice(others)
+                rejected = random.Random(derived_seed(seed, "max_random", index)).choice(others)
             chosen_text, rejected_text = row["responses"][row["best"]], row["responses"][rejected]
             if chosen_text == rejected_text:
                 reason = "identical"

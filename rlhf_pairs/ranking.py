@@ -36,15 +36,14 @@ averages both orders gives exactly that). ``num_comparisons`` counts the matches
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from rlhf_pairs.conversation import Prompt, prompt_key, validate_prompt
+from rlhf_pairs.data_utils import Prompt, prompt_key, validate_prompt
+from rlhf_pairs.utils.hashing import sha256_json
 
 METHODS = ("knockout", "round_robin")
 SKIPPED_TOO_FEW = "fewer than 2 candidates"
@@ -109,8 +108,7 @@ def bracket_order(prompt: Prompt, n: int, seed: int = 0) -> list[int]:
 
     Seeded from a SHA-256 of (seed, prompt, n), not Python's salted ``hash``: the same in every process and run.
     """
-    blob = json.dumps([seed, prompt_key(prompt), n], ensure_ascii=False).encode("utf-8")
-    rng = random.Random(int.from_bytes(hashlib.sha256(blob).digest()[:8], "big"))
+    rng = random.Random(int(sha256_json([seed, prompt_key(prompt), n])[:16], 16))
     order = list(range(n))
     rng.shuffle(order)
     return order

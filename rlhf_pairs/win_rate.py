@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlhf_pairs.conversation import Prompt
+from rlhf_pairs.data_utils import Prompt
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,16 @@ class WinRate:
     num_prompts: int
 
 
+def pair_outcome(p: float) -> float:
+    """The outcome of one judged pair from P(the first-named response is better): 1.0 when P > 0.5, 0.0 when
+    P < 0.5, and 0.5 for an exact tie (RewardBench's pairwise rule).
+
+    The one tie rule of the package: win rates (P(completion beats reference)), judge accuracy on preference pairs
+    (P(chosen is better)) and held-out pairwise accuracy all count a pair with it.
+    """
+    return 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
+
+
 def win_rate(judge, prompts: Sequence[Prompt], completions: Sequence[str], references: Sequence[str]) -> WinRate:
     """Judge ``completions[i]`` against ``references[i]`` for ``prompts[i]`` in one ``judge.compare`` call.
 
@@ -43,6 +53,6 @@ def win_rate_from_probabilities(probabilities: Sequence[float]) -> WinRate:
     """The :class:`WinRate` of already judged pairs, P(completion beats reference) each."""
     if not probabilities:
         raise ValueError("no judged pairs: a win rate needs at least one")
-    wins = sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in probabilities)
+    wins = sum(pair_outcome(p) for p in probabilities)
     n = len(probabilities)
     return WinRate(win_rate=wins / n, mean_probability=sum(probabilities) / n, num_prompts=n)

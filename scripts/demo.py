@@ -1,6 +1,7 @@
-"""Entry point of the demo job: ``python scripts/demo.py`` == ``rlhf-pairs demo``."""
+"""Launch target for ``accelerate launch scripts/demo.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
+same script): the job lives in :mod:`rlhf_pairs.scripts.demo`."""
 
-from rlhf_pairs.demo import main
+from rlhf_pairs.scripts import demo, run
 
 if __name__ == "__main__":
-    main()
+    run(demo)

@@ -1,10 +1,7 @@
-"""Evaluate a pair judge on RewardBench-format data (== ``rlhf-pairs eval``).
+"""Launch target for ``accelerate launch scripts/eval_judge.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
+same script): the job lives in :mod:`rlhf_pairs.scripts.eval_judge`."""
 
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/eval_judge.py \
-        --config recipes/eval/pair_lm_rewardbench.yaml --output_dir eval/pair_lm
-"""
-
-from rlhf_pairs.eval_cli import main, make_parser  # noqa: F401
+from rlhf_pairs.scripts import eval_judge, run
 
 if __name__ == "__main__":
-    main()
+    run(eval_judge)

@@ -1,10 +1,7 @@
-"""GRPO with a pair judge ranking each group of completions (TRL's GRPOTrainer).
+"""Launch target for ``accelerate launch scripts/grpo.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
+same script): the job lives in :mod:`rlhf_pairs.scripts.grpo`."""
 
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/grpo.py \
-        --config recipes/grpo/pairrm_qwen2.5-0.5b.yaml
-"""
-
-from rlhf_pairs.grpo import main, make_parser  # noqa: F401
+from rlhf_pairs.scripts import grpo, run
 
 if __name__ == "__main__":
-    main()
+    run(grpo)

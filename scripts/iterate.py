@@ -1,10 +1,7 @@
-"""Iterative DPO / rejection sampling with a pair judge:
-``accelerate launch [--config_file recipes/accelerate/<x>.yaml] scripts/iterate.py --config recipes/iterative_dpo/<y>.yaml``
-(the same ``main`` as ``rlhf-pairs iterate``)."""
+"""Launch target for ``accelerate launch scripts/iterate.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
+same script): the job lives in :mod:`rlhf_pairs.scripts.iterate`."""
 
-from rlhf_pairs.iterate import main, make_parser
-
-__all__ = ["main", "make_parser"]
+from rlhf_pairs.scripts import iterate, run
 
 if __name__ == "__main__":
-    main()
+    run(iterate)

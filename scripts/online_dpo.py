@@ -1,10 +1,7 @@
-"""Online DPO with a pair judge as the reward (TRL's OnlineDPOTrainer).
+"""Launch target for ``accelerate launch scripts/online_dpo.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
+same script): the job lives in :mod:`rlhf_pairs.scripts.online_dpo`."""
 
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/online_dpo.py \
-        --config recipes/online_dpo/pairrm_qwen2.5-0.5b.yaml
-"""
-
-from rlhf_pairs.online_dpo import main, make_parser  # noqa: F401
+from rlhf_pairs.scripts import online_dpo, run
 
 if __name__ == "__main__":
-    main()
+    run(online_dpo)

@@ -1,10 +1,7 @@
-"""Rank candidate responses with a pair judge (== ``rlhf-pairs rank``).
+"""Launch target for ``accelerate launch scripts/rank.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
+same script): the job lives in :mod:`rlhf_pairs.scripts.rank`."""
 
-    accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml scripts/rank.py \
-        --config recipes/rank/pair_lm_knockout.yaml --dataset candidates.jsonl --output ranked.jsonl
-"""
-
-from rlhf_pairs.rank_cli import main, make_parser  # noqa: F401
+from rlhf_pairs.scripts import rank, run
 
 if __name__ == "__main__":
-    main()
+    run(rank)

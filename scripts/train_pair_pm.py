@@ -1,10 +1,7 @@
-"""Train a pair preference LM with TRL's SFTTrainer, RLHFlow's recipe (== ``rlhf-pairs train-pm``).
+"""Launch target for ``accelerate launch scripts/train_pair_pm.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
+same script): the job lives in :mod:`rlhf_pairs.scripts.train_pair_pm`."""
 
-    accelerate launch --config_file recipes/accelerate/zero3.yaml scripts/train_pair_pm.py \
-        --config recipes/pair_pm/llama3-8b-it.yaml
-"""
-
-from rlhf_pairs.train_pair_pm import main, make_parser  # noqa: F401
+from rlhf_pairs.scripts import run, train_pair_pm
 
 if __name__ == "__main__":
-    main()
+    run(train_pair_pm)

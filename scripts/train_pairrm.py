@@ -1,10 +1,7 @@
-"""Fine-tune a PairRM (DeBERTa pair ranker) on prompt/chosen/rejected pairs.
+"""Launch target for ``accelerate launch scripts/train_pairrm.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
+same script): the job lives in :mod:`rlhf_pairs.scripts.train_pairrm`."""
 
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/train_pairrm.py \
-        --config recipes/pairrm/pairrm-hf.yaml
-"""
-
-from rlhf_pairs.train_pairrm import main, make_parser  # noqa: F401
+from rlhf_pairs.scripts import run, train_pairrm
 
 if __name__ == "__main__":
-    main()
+    run(train_pairrm)

@@ -1,14 +1,17 @@
+import importlib
 import importlib.util
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
-from rlhf_pairs.tiny_models import build_tiny_pair_lm, build_tiny_pairrm
+from rlhf_pairs.testing_utils import build_tiny_pair_lm, build_tiny_pairrm
 
 # Helpers shared by the training tests (plain functions: import them with `from conftest import ...`).
 NEUTRAL = "the quick brown fox jumps over lazy dog".split()
@@ -48,16 +51,20 @@ def ultrafeedback_row(prompt, chosen: list[dict], rejected: list[dict]) -> dict:
 
 
 def load_script(name):
-    """``scripts/<name>.py`` as a module (the tests call its ``main`` with an argv list)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The job behind ``scripts/<name>.py``: ``load_script(name).main(argv)`` parses ``argv`` and runs the job in
+    this process, as ``python scripts/<name>.py <argv>`` would."""
+    from rlhf_pairs.scripts import run
+
+    assert re.search(rf"from rlhf_pairs\.scripts import .*\b{name}\b", (ROOT / "scripts" / f"{name}.py").read_text())
+    module = importlib.import_module(f"rlhf_pairs.scripts.{name}")
+    return types.SimpleNamespace(main=lambda argv: run(module, argv))
 
 
 def accuracy(probs):
     """Pairwise accuracy of P(chosen better), ties counting 0.5."""
-    return sum(0.5 if p == 0.5 else float(p > 0.5) for p in probs) / len(probs)
+    from rlhf_pairs.win_rate import pair_outcome
+
+    return sum(map(pair_outcome, probs)) / len(probs)
 
 
 def free_port() -> int:

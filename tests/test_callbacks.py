@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_pairs.callbacks import PairwiseWinRateCallback
 from rlhf_pairs.judges.loading import load_judge
 from rlhf_pairs.rewards import PairwiseRewardFunction
+from rlhf_pairs.trainer.callbacks import PairwiseWinRateCallback
 from rlhf_pairs.win_rate import win_rate
 
 PROMPTS = [

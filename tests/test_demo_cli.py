@@ -7,8 +7,8 @@ import pytest
 
 from rlhf_pairs import PairPreferenceJudge
 from rlhf_pairs.cli import main as cli
-from rlhf_pairs.demo import demo_prompts_path, load_demo_pairs
-from rlhf_pairs.tiny_models import build_tiny_pair_lm
+from rlhf_pairs.scripts.demo import demo_prompts_path, load_demo_pairs
+from rlhf_pairs.testing_utils import build_tiny_pair_lm
 
 
 def test_version_usage_and_unknown_job(capsys):
@@ -23,7 +23,7 @@ def test_version_usage_and_unknown_job(capsys):
 
 def test_demo_runs_a_round_of_iterative_dpo(tiny_pair_lm_path, tmp_path, capsys):
     """The demo's own code path, reduced (tiny policy and judge, fewer prompts and steps)."""
-    from rlhf_pairs.io import read_jsonl
+    from rlhf_pairs.utils.io import read_jsonl
 
     policy = build_tiny_pair_lm(tmp_path / "policy", seed=3)
     out = tmp_path / "demo"
@@ -47,8 +47,8 @@ def test_demo_runs_a_round_of_iterative_dpo(tiny_pair_lm_path, tmp_path, capsys)
 
 
 def test_bundled_prompts_are_valid_and_varied():
-    from rlhf_pairs.conversation import validate_prompt
-    from rlhf_pairs.io import read_jsonl
+    from rlhf_pairs.data_utils import validate_prompt
+    from rlhf_pairs.utils.io import read_jsonl
 
     prompts = [row["prompt"] for row in read_jsonl(demo_prompts_path())]
     assert len(prompts) >= 32 and len({json.dumps(p) for p in prompts}) == len(prompts)

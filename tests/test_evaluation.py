@@ -12,8 +12,7 @@ import torch
 import yaml
 
 from rlhf_pairs import PairPreferenceJudge, PairRMJudge, PairwiseJudge
-from rlhf_pairs.eval_cli import main
-from rlhf_pairs.eval_job import EvalConfig
+from rlhf_pairs.configs import EvalConfig, JudgeArguments
 from rlhf_pairs.evaluation import (
     EXAMPLE_COUNTS,
     NO_POSITION_REASON,
@@ -25,7 +24,8 @@ from rlhf_pairs.evaluation import (
     score_examples,
     section_scores,
 )
-from rlhf_pairs.io import read_jsonl
+from rlhf_pairs.scripts import eval_judge, run
+from rlhf_pairs.utils.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -249,14 +249,14 @@ def test_bad_inputs_raise_clear_errors(tmp_path, tiny_pair_lm_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl.*lacks column\(s\) \['subset'\]"):
-        main(["--dataset", str(bad), "--judge", str(tiny_pair_lm_path), "--output_dir", str(tmp_path / "o")])
+        main(["--dataset_name", str(bad), "--judge", str(tiny_pair_lm_path), "--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match="'chosen' must be a string"):
         check_rewardbench_rows([{"prompt": "p", "chosen": ["a"], "rejected": "b", "subset": "s"}])
     with pytest.raises(ValueError, match="judge_type"):
-        EvalConfig(judge="j", output_dir="o", judge_type="nope")
+        JudgeArguments(judge="j", judge_type="nope")
     with pytest.raises(ValueError, match="shard_size"):
-        EvalConfig(judge="j", output_dir="o", shard_size=0)
+        EvalConfig(output_dir="o", shard_size=0)
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +268,13 @@ def eval_file(tmp_path_factory):
     return path, rows
 
 
+def main(argv):
+    """``rlhf-pairs eval <argv>`` in this process."""
+    return run(eval_judge, argv)
+
+
 def eval_args(data, out, judge):
-    return ["--dataset", str(data), "--judge", str(judge), "--output_dir", str(out), "--shard_size", "3"]
+    return ["--dataset_name", str(data), "--judge", str(judge), "--output_dir", str(out), "--shard_size", "3"]
 
 
 def test_eval_job_writes_report_examples_table_and_chart(eval_file, tiny_pair_lm_path, tmp_path):
@@ -312,8 +317,6 @@ def test_two_processes_give_identical_outputs(eval_file, tiny_pairrm_path, tmp_p
 
 def test_eval_job_clears_the_judge_cache_at_every_shard(eval_file, tmp_path, monkeypatch):
     """A shard's scores must not depend on the shards its process judged before (cached scores change batches)."""
-    import rlhf_pairs.eval_job as eval_job
-
     events = []
 
     class RecordingJudge(OracleJudge):
@@ -325,25 +328,26 @@ def test_eval_job_clears_the_judge_cache_at_every_shard(eval_file, tmp_path, mon
             events.append(len(prompts) // 2)  # pairs in this call
             return super().score_ordered_pairs(prompts, first, second)
 
-    def load_recording_judge(config, device):
+    def load_recording_judge(judge_args, device=None):
         return RecordingJudge()
 
-    monkeypatch.setattr(eval_job, "load_judge_from_config", load_recording_judge)
+    monkeypatch.setattr(JudgeArguments, "load", load_recording_judge)
     data, rows = eval_file
     report = main(eval_args(data, tmp_path / "out", "oracle"))
     assert events == ["clear", 3, "clear", 3, "clear", 2]  # 8 rows in shards of 3, each after a cleared cache
     assert report["accuracy"] == build_report(score_examples(OracleJudge(), rows))["accuracy"]
 
     # A compare-only judge has no cache to clear.
-    monkeypatch.setattr(eval_job, "load_judge_from_config", lambda config, device: CompareOnlyJudge(OracleJudge()))
+    monkeypatch.setattr(JudgeArguments, "load", lambda judge_args, device=None: CompareOnlyJudge(OracleJudge()))
     assert main(eval_args(data, tmp_path / "plain", "oracle"))["position"]["consistency"] is None
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "eval").glob("*.yaml")), ids=lambda p: p.name)
 def test_eval_recipes_parse(recipe, tmp_path):
-    from rlhf_pairs.eval_cli import make_parser
+    from rlhf_pairs.scripts.eval_judge import make_parser
 
-    (config,) = make_parser().parse_args_and_config(args=["--config", str(recipe), "--output_dir", str(tmp_path)])
+    parsed = make_parser().parse_args_and_config(args=["--config", str(recipe), "--output_dir", str(tmp_path)])
+    config, judge = parsed
     expected = yaml.safe_load(recipe.read_text())
-    assert {k: getattr(config, k) for k in expected} == expected
-    assert (config.dataset, config.split) == ("allenai/reward-bench", "filtered")
+    assert {k: getattr(config if hasattr(config, k) else judge, k) for k in expected} == expected
+    assert (config.dataset_name, config.dataset_test_split) == ("allenai/reward-bench", "filtered")

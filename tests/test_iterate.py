@@ -1,6 +1,6 @@
 """The iterative loop: two rounds end to end, kill-and-resume equivalence, 1 vs 2 processes, refusal of changed
 stages, rejection sampling, the LoRA reference, the pair-building rules, checkpoint and stage clean-up, and the
-process group / ZeRO-3 helpers of rlhf_pairs.distributed."""
+process group / ZeRO-3 helpers of rlhf_pairs.utils.distributed."""
 
 import json
 import math
@@ -15,22 +15,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf_pairs.generation import ChatPromptEncoder, GenerationSettings, chunk_seed, generate_candidates
-from rlhf_pairs.io import read_jsonl
-from rlhf_pairs.iterate import (
-    last_complete_checkpoint,
-    main,
-    make_parser,
-    mean_logged_loss,
-    remove_incomplete_checkpoints,
-)
+from rlhf_pairs.generation import ChatPromptEncoder, GenerationSettings, generate_candidates
 from rlhf_pairs.judges.pair_lm import PairPreferenceJudge
 from rlhf_pairs.pairs import build_dpo_pairs, build_sft_rows
-from rlhf_pairs.stages import Stage, StageConfigChanged
-from rlhf_pairs.tiny_models import build_tiny_pair_lm
+from rlhf_pairs.scripts import iterate, run
+from rlhf_pairs.scripts.iterate import make_parser
+from rlhf_pairs.testing_utils import build_tiny_pair_lm
+from rlhf_pairs.trainer.iterative import last_complete_checkpoint, mean_logged_loss, remove_incomplete_checkpoints
+from rlhf_pairs.trainer.stages import Stage, StageConfigChanged
+from rlhf_pairs.utils.hashing import derived_seed
+from rlhf_pairs.utils.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "iterative_dpo" / "tiny_cpu.yaml"
+RS_RECIPE = ROOT / "recipes" / "iterative_dpo" / "tiny_cpu_rejection_sampling.yaml"
 PROMPTS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",
@@ -59,10 +57,15 @@ def inputs(tmp_path_factory, tiny_pair_lm_path):
     return {"root": root, "policy": policy, "judge": tiny_pair_lm_path, "prompts": prompts}
 
 
-def args(inputs, output_dir, *extra):
+def main(argv):
+    """``rlhf-pairs iterate <argv>`` in this process; returns the metrics."""
+    return run(iterate, argv)
+
+
+def args(inputs, output_dir, *extra, recipe=RECIPE):
     return list(map(str, [
-        "--config", RECIPE, "--model_name_or_path", inputs["policy"], "--judge", inputs["judge"],
-        "--dataset", inputs["prompts"], "--output_dir", output_dir, *extra,
+        "--config", recipe, "--model_name_or_path", inputs["policy"], "--judge", inputs["judge"],
+        "--dataset_name", inputs["prompts"], "--output_dir", output_dir, *extra,
     ]))  # fmt: skip
 
 
@@ -146,7 +149,7 @@ def test_two_rounds_end_to_end(inputs, uninterrupted):
     torch.set_num_threads(1)
     try:
         settings = GenerationSettings(num_candidates=4, max_new_tokens=8, temperature=1.0, batch_size=4)
-        expected, _ = generate_candidates(model, tokenizer, PROMPTS[4:6], settings, chunk_seed(0, 2, "candidates", 0))
+        expected, _ = generate_candidates(model, tokenizer, PROMPTS[4:6], settings, derived_seed(0, 2, "candidates", 0))
     finally:
         torch.set_num_threads(threads)
     candidates = read_jsonl(out / "round_2" / "generate" / "candidates.jsonl")
@@ -238,7 +241,7 @@ def test_changed_config_of_a_finished_stage_is_refused_then_redone(inputs, tmp_p
 
 
 def test_rejection_sampling_trains_on_the_best_candidates(inputs, tmp_path):
-    main(args(inputs, tmp_path, "--rounds", "1", "--num_eval_prompts", "0", "--mode", "rejection_sampling"))
+    main(args(inputs, tmp_path, "--rounds", "1", "--num_eval_prompts", "0", recipe=RS_RECIPE))
     rankings = read_jsonl(tmp_path / "round_1" / "rank" / "rankings.jsonl")
     sft = read_jsonl(tmp_path / "round_1" / "pairs" / "sft.jsonl")
     assert [row["completion"][0]["content"] for row in sft] == [r["responses"][r["best"]] for r in rankings]
@@ -257,7 +260,7 @@ def test_bad_configs_name_the_problem(inputs, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": [{"role": "assistant", "content": "hi"}]}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl\[0\]\.prompt"):
-        main(args(inputs, tmp_path, "--dataset", bad, "--num_eval_prompts", "0", "--prompts_per_round", "1"))
+        main(args(inputs, tmp_path, "--dataset_name", bad, "--num_eval_prompts", "0", "--prompts_per_round", "1"))
 
 
 # ---- pair building ----
@@ -328,9 +331,9 @@ def test_generation_is_seeded_and_rejects_greedy_with_several_candidates(inputs)
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "iterative_dpo").glob("*.yaml")), ids=lambda p: p.name)
 def test_iterate_recipes_parse(recipe):
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU-only machine.
-    config, training, model = make_parser().parse_args_and_config(
-        args=["--config", str(recipe), "--dataset", "x.jsonl", "--judge", "j", "--bf16", "false"]
-    )
+    argv = ["--config", str(recipe), "--dataset_name", "x.jsonl", "--judge", "j", "--bf16", "false"]
+    config, judge, training, model = make_parser(argv=argv).parse_args_and_config(args=argv)
+    assert judge.judge == "j" and type(training).__name__ == ("SFTConfig" if config.mode != "dpo" else "DPOConfig")
     assert config.rounds >= 1 and training.learning_rate > 0 and config.num_candidates >= 2
     if recipe.name.startswith("llama3"):
         assert (model.model_name_or_path, training.learning_rate, training.beta) == ("RLHFlow/LLaMA3-SFT", 5e-7, 0.1)
@@ -361,8 +364,8 @@ def test_mean_logged_loss_weights_each_log_by_its_steps():
 def test_a_kill_after_commit_leaves_partial_work_that_the_next_run_discards(tmp_path):
     script = (
         "import sys\n"
-        "from rlhf_pairs.faults import scope\n"
-        "from rlhf_pairs.stages import Stage\n"
+        "from rlhf_pairs.utils.faults import scope\n"
+        "from rlhf_pairs.trainer.stages import Stage\n"
         "stage = Stage(sys.argv[1], 1, 'rank', {'x': 1})\n"
         "(stage.begin_partial() / 'shard-0.jsonl').write_text('{}')\n"
         "with scope('round_1/rank'):\n"
@@ -394,8 +397,8 @@ def test_zero3_init_disabled_loads_whole_judges_and_restores_the_config(monkeypa
     from transformers.integrations import deepspeed as hf_deepspeed
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from rlhf_pairs.distributed import zero3_init_disabled
     from rlhf_pairs.judges.loading import load_judge
+    from rlhf_pairs.utils.distributed import zero3_init_disabled
 
     fake = FakeZero3Config()  # kept alive: transformers holds only a weak reference
     monkeypatch.setattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", weakref.ref(fake))
@@ -419,7 +422,7 @@ def test_zero3_init_disabled_loads_whole_judges_and_restores_the_config(monkeypa
 def test_process_timeout_reads_the_environment(monkeypatch):
     from datetime import timedelta
 
-    from rlhf_pairs.distributed import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, process_timeout
+    from rlhf_pairs.utils.distributed import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, process_timeout
 
     monkeypatch.delenv(TIMEOUT_ENV, raising=False)
     assert process_timeout() == timedelta(seconds=DEFAULT_TIMEOUT_S) == timedelta(hours=3)
@@ -440,7 +443,7 @@ def test_process_state_gives_the_process_group_the_timeout(existing_group):
         "from datetime import timedelta\n"
         "if sys.argv[1] == 'True':\n"
         "    dist.init_process_group('gloo', timeout=timedelta(seconds=60))\n"
-        "from rlhf_pairs.distributed import process_state\n"
+        "from rlhf_pairs.utils.distributed import process_state\n"
         "state = process_state()\n"
         "backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device('cpu'))\n"
         "print(state.distributed_type, backend.options._timeout.total_seconds())\n"

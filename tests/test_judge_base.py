@@ -90,3 +90,13 @@ def test_judge_rejects_malformed_completions():
         LengthJudge().judge(["p"], [["only one"]])
     with pytest.raises(ValueError, match="same length"):
         LengthJudge().judge(["p", "q"], [["a", "b"]])
+
+
+def test_score_both_orders_is_both_ordered_calls_in_one():
+    judge = LengthJudge()
+    prompts, a, b = ["p", "q", "r"], ["aaa", "a", "bb"], ["a", "aaa", "bc"]
+    forward, backward = judge.score_both_orders(prompts, a, b)
+    assert judge.calls == [6] and judge.num_scored_pairs == 0  # one batched call for both orders, not cached
+    assert torch.equal(forward, judge.score_ordered_pairs(prompts, a, b))
+    assert torch.equal(backward, judge.score_ordered_pairs(prompts, b, a))
+    assert judge.combine_orders(forward, backward).tolist() == judge.compare(prompts, a, b)

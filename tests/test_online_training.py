@@ -154,11 +154,11 @@ def test_grpo_rewards_are_round_robin_scores_within_each_group(tiny_pairrm_path,
 def test_grpo_job_ranks_two_groups_of_one_prompt_separately(tiny_pair_lm_path, tmp_path):
     """A prompt sampled twice in a row (duplicates in the dataset) gives two adjacent groups with equal prompts;
     the job's reward must rank each group of num_generations alone, not the run of four as one group."""
-    from rlhf_pairs import grpo
+    from rlhf_pairs.scripts import grpo, run
 
     prompts = tmp_path / "duplicates.jsonl"
     prompts.write_text((json.dumps({"prompt": "What is 12 times 12?"}) + "\n") * 4)
-    trainer = grpo.main([
+    trainer = run(grpo, [
         "--config", str(ROOT / "recipes/grpo/tiny_cpu.yaml"), "--model_name_or_path", str(tiny_pair_lm_path),
         "--judge", str(tiny_pair_lm_path), "--dataset_name", str(prompts), "--output_dir", str(tmp_path / "out"),
         "--win_rate_prompts", "0", "--max_steps", "1", "--per_device_train_batch_size", "4",
@@ -238,12 +238,12 @@ RECIPES = sorted((ROOT / "recipes").glob("online_dpo/*.yaml")) + sorted((ROOT / 
 def test_recipe_parses_with_its_script_parser(recipe):
     import importlib
 
-    module = importlib.import_module(f"rlhf_pairs.{recipe.parent.name}")
+    module = importlib.import_module(f"rlhf_pairs.scripts.{recipe.parent.name}")
     # --use_cpu: the GPU recipes ask for bf16, which TrainingArguments refuses on a machine without a GPU.
-    script_args, training_args, model_args = module.make_parser().parse_args_and_config(
+    script_args, judge_args, training_args, model_args = module.make_parser().parse_args_and_config(
         ["--config", str(recipe), "--use_cpu", "true"]
     )
-    assert script_args.judge and script_args.dataset_name and model_args.model_name_or_path
+    assert judge_args.judge and script_args.dataset_name and model_args.model_name_or_path
     assert training_args.output_dir
 
 
@@ -266,9 +266,9 @@ def test_online_dpo_job_trains_a_lora_adapter(tiny_pair_lm_path, tmp_path):
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from rlhf_pairs import online_dpo
+    from rlhf_pairs.scripts import online_dpo, run
 
-    trainer = online_dpo.main([
+    trainer = run(online_dpo, [
         "--config", str(ROOT / "recipes/online_dpo/tiny_cpu.yaml"), "--model_name_or_path", str(tiny_pair_lm_path),
         "--judge", str(tiny_pair_lm_path), "--dataset_name", str(ROOT / "rlhf_pairs/data/demo_pairs.jsonl"),
         "--output_dir", str(tmp_path / "out"), "--win_rate_prompts", "0", "--max_steps", "2",

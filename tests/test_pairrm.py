@@ -216,7 +216,7 @@ def test_mismatched_tokenizer_is_refused(tiny_pairrm_path):
 def test_sdpa_attention_equals_eager_on_real_tokens(position_buckets, share_att_key, pos_att_type):
     from transformers import DebertaV2Config, DebertaV2Model
 
-    from rlhf_pairs.judges.deberta_attention import SdpaDisentangledSelfAttention, use_sdpa_attention
+    from rlhf_pairs.judges.modeling_pairrm import SdpaDisentangledSelfAttention, use_sdpa_attention
 
     torch.manual_seed(0)
     config = DebertaV2Config(
@@ -255,7 +255,7 @@ def test_sdpa_attention_equals_eager_on_real_tokens(position_buckets, share_att_
 
 
 def test_attn_implementation_choice(tiny_pairrm_path, judge, reference):
-    from rlhf_pairs.judges.deberta_attention import SdpaDisentangledSelfAttention
+    from rlhf_pairs.judges.modeling_pairrm import SdpaDisentangledSelfAttention
 
     assert isinstance(judge.model.pretrained_model.encoder.layer[0].attention.self, SdpaDisentangledSelfAttention)
     eager = PairRMJudge.from_pretrained(str(tiny_pairrm_path), device="cpu", attn_implementation="eager")

@@ -13,8 +13,9 @@ import yaml
 
 from rlhf_pairs import PairPreferenceJudge, rank_candidates
 from rlhf_pairs.cli import main as cli
-from rlhf_pairs.io import read_jsonl
-from rlhf_pairs.rank_job import RankConfig, load_rows
+from rlhf_pairs.configs import JudgeArguments, RankConfig
+from rlhf_pairs.data_utils import load_rows
+from rlhf_pairs.utils.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "sun moon river stone light code tree bird wind rain".split()
@@ -35,7 +36,18 @@ def candidates_file(tmp_path_factory):
 
 
 def rank_args(data, out, judge, *extra):
-    return ["rank", "--dataset", str(data), "--output", str(out), "--judge", str(judge), "--shard_size", "2", *extra]
+    return [
+        "rank",
+        "--dataset_name",
+        str(data),
+        "--output",
+        str(out),
+        "--judge",
+        str(judge),
+        "--shard_size",
+        "2",
+        *extra,
+    ]
 
 
 def run_rank_script(args, cwd, kill_at=None):
@@ -118,31 +130,35 @@ def test_bad_rows_and_configs_raise_clear_errors(tiny_pair_lm_path, tmp_path):
     with pytest.raises(ValueError, match="'responses'"):
         cli(rank_args(bad, tmp_path / "o.jsonl", tiny_pair_lm_path))
     with pytest.raises(ValueError, match="judge_type"):
-        RankConfig(dataset="d", output="o.jsonl", judge="j", judge_type="nope")
+        JudgeArguments(judge="j", judge_type="nope")
+    with pytest.raises(ValueError, match="ranking_method"):
+        RankConfig(dataset_name="d", output="o.jsonl", ranking_method="nope")
     with pytest.raises(ValueError, match=".jsonl or .parquet"):
-        RankConfig(dataset="d", output="o.csv", judge="j")
+        RankConfig(dataset_name="d", output="o.csv")
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "rank").glob("*.yaml")), ids=lambda p: p.name)
 def test_rank_recipes_parse(recipe, tmp_path):
-    from rlhf_pairs.rank_cli import make_parser
+    from rlhf_pairs.scripts.rank import make_parser
 
     values = yaml.safe_load(recipe.read_text())
-    assert set(values) <= set(RankConfig.__dataclass_fields__), "a recipe's keys are RankConfig fields"
-    base = ["--config", str(recipe), "--dataset", "d.jsonl", "--output", str(tmp_path / "o.jsonl")]
-    (config,) = make_parser().parse_args_and_config(args=base)
-    assert {key: getattr(config, key) for key in values} == values
+    fields = set(RankConfig.__dataclass_fields__) | set(JudgeArguments.__dataclass_fields__)
+    assert set(values) <= fields, "a recipe's keys are RankConfig and JudgeArguments fields"
+    base = ["--config", str(recipe), "--dataset_name", "d.jsonl", "--output", str(tmp_path / "o.jsonl")]
+    config, judge = make_parser().parse_args_and_config(args=base)
+    assert {key: getattr(config if key in RankConfig.__dataclass_fields__ else judge, key) for key in values} == values
     # A flag overrides the YAML value; the other YAML values stay.
-    assert values["method"] == "knockout" and values["shard_size"] != 3
-    (config,) = make_parser().parse_args_and_config(args=[*base, "--method", "round_robin", "--shard_size", "3"])
-    assert (config.method, config.shard_size) == ("round_robin", 3)
-    assert (config.judge, config.judge_type, config.seed) == (values["judge"], values["judge_type"], values["seed"])
+    assert values["ranking_method"] == "knockout" and values["shard_size"] != 3
+    args = [*base, "--ranking_method", "round_robin", "--shard_size", "3"]
+    config, judge = make_parser().parse_args_and_config(args=args)
+    assert (config.ranking_method, config.shard_size) == ("round_robin", 3)
+    assert (judge.judge, judge.judge_type, config.seed) == (values["judge"], values["judge_type"], values["seed"])
 
 
 def test_round_robin_scores_are_the_rankings_scores(candidates_file, tiny_pair_lm_path, tmp_path):
     data, rows = candidates_file
     out = tmp_path / "ranked.jsonl"
-    cli(rank_args(data, out, tiny_pair_lm_path, "--method", "round_robin", "--shard_size", "100"))  # one shard
+    cli(rank_args(data, out, tiny_pair_lm_path, "--ranking_method", "round_robin", "--shard_size", "100"))  # one shard
     ranked = read_jsonl(out)
     judge = PairPreferenceJudge.from_pretrained(str(tiny_pair_lm_path), device="cpu")
     prompts, candidates = [r["prompt"] for r in rows], [r["responses"] for r in rows]
@@ -177,10 +193,10 @@ def test_a_row_repeated_across_shards_resumes_byte_identical(tiny_pair_lm_path, 
     """The judge's score cache must not carry over from shard 0 to shard 1: a resumed run starts with an empty one."""
     data = repeated_rows_file(tmp_path)
     full, part = tmp_path / "full" / "ranked.jsonl", tmp_path / "part" / "ranked.jsonl"
-    cli(rank_args(data, full, tiny_pair_lm_path, "--method", "round_robin"))
-    cli(rank_args(data, part, tiny_pair_lm_path, "--method", "round_robin", "--max_shards", "1"))
+    cli(rank_args(data, full, tiny_pair_lm_path, "--ranking_method", "round_robin"))
+    cli(rank_args(data, part, tiny_pair_lm_path, "--ranking_method", "round_robin", "--max_shards", "1"))
     assert not part.exists()
-    cli(rank_args(data, part, tiny_pair_lm_path, "--method", "round_robin"))
+    cli(rank_args(data, part, tiny_pair_lm_path, "--ranking_method", "round_robin"))
     assert part.read_bytes() == full.read_bytes()
     # The same row next to other rows: the same ranking, scores equal up to fp32 batch noise.
     first, _, again, _ = read_jsonl(full)
@@ -220,8 +236,8 @@ def test_parquet_output_reads_back_with_datasets(tiny_pair_lm_path, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for method in ("knockout", "round_robin"):
         as_jsonl, as_parquet = tmp_path / f"{method}.jsonl", tmp_path / f"{method}.parquet"
-        cli(rank_args(data, as_jsonl, tiny_pair_lm_path, "--method", method))
-        cli(rank_args(data, as_parquet, tiny_pair_lm_path, "--method", method))
+        cli(rank_args(data, as_jsonl, tiny_pair_lm_path, "--ranking_method", method))
+        cli(rank_args(data, as_parquet, tiny_pair_lm_path, "--ranking_method", method))
         back = datasets.Dataset.from_parquet(str(as_parquet)).to_list()
         assert back == read_jsonl(as_jsonl)
         assert [r["id"] for r in back] == [0, 1, 2] and back[1]["skipped"] == "fewer than 2 candidates"
@@ -259,13 +275,13 @@ def config_dataset_dir(directory: Path) -> Path:
 
 def test_dataset_config_picks_the_configuration(tiny_pair_lm_path, tmp_path):
     source = config_dataset_dir(tmp_path)
-    assert [r["prompt"] for r in load_rows(str(source), "train", name="second")] == ["b", "c"]
-    assert [r["prompt"] for r in load_rows(str(source), "train", "first")] == ["a"]
+    assert [r["prompt"] for r in load_rows(str(source), "second", "train")] == ["b", "c"]
+    assert [r["prompt"] for r in load_rows(str(source), config="first")] == ["a"]
     out = tmp_path / "ranked.jsonl"
     cli(rank_args(source, out, tiny_pair_lm_path, "--dataset_config", "second"))
     assert [(r["prompt"], r["skipped"]) for r in read_jsonl(out)] == [("b", None), ("c", None)]
     local = tmp_path / "local.jsonl"
     local.write_text(json.dumps({"prompt": "a", "responses": ["x"]}) + "\n")
-    assert load_rows(str(local)) == [{"prompt": "a", "responses": ["x"]}]  # the old signature still works
+    assert load_rows(str(local)) == [{"prompt": "a", "responses": ["x"]}]
     with pytest.raises(ValueError, match="'second'.*no configurations"):
-        load_rows(str(local), "train", name="second")
+        load_rows(str(local), "second")

@@ -381,3 +381,35 @@ def test_bad_judge_output_is_reported():
         rank_candidates(ShortJudge(), ["p"], [["x", "y"]])
     with pytest.raises(ValueError, match="non-finite"):
         rank_candidates(NanJudge(), ["p"], [["x", "y"]])
+
+
+def test_pair_outcome_is_the_one_tie_rule():
+    from rlhf_pairs import evaluation
+    from rlhf_pairs.win_rate import pair_outcome, win_rate_from_probabilities
+
+    assert [pair_outcome(p) for p in (0.5000001, 0.5, 0.4999999, 1.0, 0.0)] == [1.0, 0.5, 0.0, 1.0, 0.0]
+    assert evaluation.pair_outcome is pair_outcome
+    assert win_rate_from_probabilities([0.9, 0.5, 0.2, 0.5]).win_rate == 0.5
+
+
+def test_pure_python_modules_import_without_torch():
+    """win_rate, ranking and pairs (and data_utils and utils.hashing, which they import) load with torch blocked, bypassing the package's
+    torch-heavy ``__init__``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import rlhf_pairs
+
+    code = (
+        "import sys, types\n"
+        "sys.modules['torch'] = None  # any `import torch` now raises ImportError\n"
+        "package = types.ModuleType('rlhf_pairs')\n"
+        f"package.__path__ = [{str(Path(rlhf_pairs.__file__).parent)!r}]  # submodules load, __init__ does not\n"
+        "sys.modules['rlhf_pairs'] = package\n"
+        "import rlhf_pairs.win_rate, rlhf_pairs.ranking, rlhf_pairs.pairs\n"
+        "assert rlhf_pairs.win_rate.pair_outcome(0.5) == 0.5\n"
+        "assert not any(name == 'torch' or name.startswith('torch.') for name in sys.modules if sys.modules[name])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

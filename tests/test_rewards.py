@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from rlhf_pairs.rewards import PairwiseRewardFunction, completion_text, judge_prompt
+from rlhf_pairs.data_utils import completion_text, judge_prompt
+from rlhf_pairs.rewards import PairwiseRewardFunction
 
 
 class LengthJudge:
@@ -105,8 +106,13 @@ SPLIT_COMPLETIONS = ["aaa", "a", "bb", "bbbb", "c", "cc"]
 
 
 def _split_group_worker(rank: int, port: int, queue) -> None:
+    import os
+
     import torch.distributed as dist
 
+    # The environment `torchrun` / `accelerate launch` set: accelerate's state (whose gather the reward uses) reads it.
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_CPU="1")  # gloo, also with GPUs
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         judge = LengthJudge()

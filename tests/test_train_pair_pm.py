@@ -15,7 +15,9 @@ from trl import ModelConfig, SFTConfig
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from rlhf_pairs import PairPreferenceJudge
-from rlhf_pairs.pair_pm_data import (
+from rlhf_pairs.configs import PairPMConfig
+from rlhf_pairs.testing_utils import build_tiny_pair_lm
+from rlhf_pairs.trainer.pair_pm_data import (
     Comparison,
     RenderedContextFormatter,
     comparisons,
@@ -26,8 +28,7 @@ from rlhf_pairs.pair_pm_data import (
     tokenize_comparison,
     tokenized_dataset,
 )
-from rlhf_pairs.tiny_models import build_tiny_pair_lm
-from rlhf_pairs.train_pair_pm import PairPMConfig, ensure_pad_token
+from rlhf_pairs.trainer.pair_pm_trainer import ensure_pad_token
 
 ROOT = Path(__file__).resolve().parents[1]
 # RLHFlow's process_pair_data.py, transcribed: the plain context template and the comparison template.
@@ -337,7 +338,7 @@ def test_every_recipe_key_is_a_field_of_the_parsed_dataclasses():
     for path in sorted((ROOT / "recipes" / "pair_pm").glob("*.yaml")):
         keys = set(yaml.safe_load(path.read_text()))
         assert keys <= known, f"{path.name}: unknown keys {keys - known}"
-    from rlhf_pairs.train_pair_pm import make_parser
+    from rlhf_pairs.scripts.train_pair_pm import make_parser
 
     # GPU recipes parse on this CPU machine once the GPU-only switches are turned off.
     for name in ("llama3-8b-it", "llama3-8b-it-lora"):

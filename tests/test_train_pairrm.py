@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from transformers import TrainingArguments
 
 from rlhf_pairs import PairRMJudge
-from rlhf_pairs.tiny_models import build_tiny_pairrm
-from rlhf_pairs.train_pairrm import PairRMCollator, PairRMTrainConfig, PairRMTrainer
+from rlhf_pairs.configs import PairRMTrainConfig
+from rlhf_pairs.testing_utils import build_tiny_pairrm
+from rlhf_pairs.trainer.pairrm_trainer import PairRMCollator, PairRMTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [
@@ -70,7 +71,7 @@ def test_every_recipe_key_is_a_field_of_the_parsed_dataclasses():
     for path in sorted((ROOT / "recipes" / "pairrm").glob("*.yaml")):
         keys = set(yaml.safe_load(path.read_text()))
         assert keys <= known, f"{path.name}: unknown keys {keys - known}"
-    from rlhf_pairs.train_pairrm import make_parser
+    from rlhf_pairs.scripts.train_pairrm import make_parser
 
     config, training = make_parser().parse_args_and_config(
         args=[

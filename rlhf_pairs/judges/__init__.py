@@ -1,7 +1,8 @@
 from rlhf_pairs.judges.base import PairwiseJudge
 from rlhf_pairs.judges.loading import JUDGE_TYPES, load_judge
+from rlhf_pairs.judges.modeling_pairrm import DebertaV2PairRM
 from rlhf_pairs.judges.pair_lm import PairPreferenceFormatter, PairPreferenceJudge
-from rlhf_pairs.judges.pairrm import DebertaV2PairRM, PairRMEncoder, PairRMJudge
+from rlhf_pairs.judges.pairrm import PairRMEncoder, PairRMJudge
 
 __all__ = [
     "JUDGE_TYPES",

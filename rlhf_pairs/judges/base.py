@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_pairs.conversation import Prompt, prompt_key, validate_prompt
+from rlhf_pairs.data_utils import Prompt, prompt_key, validate_prompt
 
 
 def check_pair_inputs(prompts: Sequence, responses_a: Sequence, responses_b: Sequence) -> None:
@@ -35,7 +35,17 @@ def check_pair_inputs(prompts: Sequence, responses_a: Sequence, responses_b: Seq
 
 
 def is_main_process() -> bool:
-    """True on the process that should show progress (local rank 0 under ``accelerate launch``, or no launcher)."""
+    """True on the process that should show progress: accelerate's local main process (local rank 0 under
+    ``accelerate launch`` / ``torchrun``, or the only process without a launcher)."""
+    from accelerate import PartialState
+
+    # PartialState is a shared-state singleton whose first construction fixes its arguments (and may initialise a
+    # process group and pick a device): rlhf_pairs.utils.distributed.process_state() creates it with cpu=True on
+    # machines without a GPU, a trainer's Accelerator with its own arguments. So a bare PartialState() is only
+    # constructed once someone has created the state (it then just shares it); before that, the launcher's
+    # LOCAL_RANK says the same thing without side effects.
+    if PartialState._shared_state != {}:  # accelerate's own PartialState.initialized test, without an instance
+        return PartialState().is_local_main_process
     return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
@@ -46,6 +56,22 @@ def progress_bar(batches: list, show: bool | None, desc: str):
     return tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False)
 
 
+def _score_both_orders(
+    score, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``score(prompts, first, second)`` over the interleaved rows (a, b), (b, a), split into (forward, backward).
+
+    Shared by :meth:`PairwiseJudge.score_both_orders` (``score`` = the model) and :meth:`PairwiseJudge.compare`
+    (``score`` = the cache in front of it).
+    """
+    scores = score(
+        [p for p in prompts for _ in range(2)],
+        [r for pair in zip(responses_a, responses_b) for r in pair],
+        [r for pair in zip(responses_b, responses_a) for r in pair],
+    ).view(-1, 2)
+    return scores[:, 0], scores[:, 1]
+
+
 class PairwiseJudge(ABC):
     """A model that reads a prompt and two responses and says which is better.
 
@@ -54,6 +80,7 @@ class PairwiseJudge(ABC):
     P(a is better than b). It inherits:
 
     - :meth:`compare`: P(a is better than b) for each row, both orders scored in one batched call and combined;
+    - :meth:`score_both_orders`: the raw scores of (a, b) and (b, a) for each row, in one batched call (uncached);
     - :meth:`judge`: TRL's former ``BasePairwiseJudge`` contract (index of the better completion, or P(first));
     - a cache of ordered-pair scores, so no (prompt, first, second) is scored twice while it stays cached.
 
@@ -95,14 +122,22 @@ class PairwiseJudge(ABC):
         for mismatched lengths, non-string responses or malformed conversations.
         """
         check_pair_inputs(prompts, responses_a, responses_b)
-        n = len(prompts)
-        # Interleaved (a, b), (b, a) so that both orders of a pair, of equal length, land in the same batch.
-        scores = self._cached_scores(
-            [p for p in prompts for _ in range(2)],
-            [r for pair in zip(responses_a, responses_b) for r in pair],
-            [r for pair in zip(responses_b, responses_a) for r in pair],
-        ).view(n, 2)
-        return self.combine_orders(scores[:, 0], scores[:, 1]).tolist()
+        # score_both_orders's layout, through the cache (which score_both_orders itself bypasses).
+        forward, backward = _score_both_orders(self._cached_scores, prompts, responses_a, responses_b)
+        return self.combine_orders(forward, backward).tolist()
+
+    def score_both_orders(
+        self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scores of both orders of every pair: ``(forward, backward)``, the scores of (a, b) and of (b, a).
+
+        One batched :meth:`score_ordered_pairs` call over the interleaved rows (a, b), (b, a), so both orders of a
+        pair land in the same batch; each tensor has shape (len(prompts),) and the dtype and device the model
+        returns. ``combine_orders(forward, backward)`` is then P(a is better than b), as :meth:`compare` computes it
+        (``compare`` lays out the rows the same way but goes through the cache; this method does not use it).
+        Inputs are not validated: call :func:`check_pair_inputs` first.
+        """
+        return _score_both_orders(self.score_ordered_pairs, prompts, responses_a, responses_b)
 
     def judge(
         self,

@@ -23,11 +23,11 @@ def load_judge(
 
     ``None`` for ``attn_implementation``, ``max_length`` or ``batch_tokens`` keeps the judge's own default;
     ``max_length`` applies to the pair LM only (PairRM's budgets are fixed by its card).
-    The judge is loaded whole even under a ZeRO-3 config (:func:`~rlhf_pairs.distributed.zero3_init_disabled`):
+    The judge is loaded whole even under a ZeRO-3 config (:func:`~rlhf_pairs.utils.distributed.zero3_init_disabled`):
     it runs plain inference on every process and is never wrapped by DeepSpeed.
     Raises ``ValueError`` for an unknown ``judge_type``.
     """
-    from rlhf_pairs.distributed import zero3_init_disabled
+    from rlhf_pairs.utils.distributed import zero3_init_disabled
 
     if judge_type not in JUDGE_TYPES:
         raise ValueError(f"judge_type must be one of {JUDGE_TYPES}, got {judge_type!r}")
@@ -47,24 +47,3 @@ def load_judge(
 
     with zero3_init_disabled():
         return PairRMJudge.from_pretrained(name_or_path, **kwargs)
-
-
-def load_judge_from_config(config, device=None, prefix: str = "") -> PairwiseJudge:
-    """:func:`load_judge` with a job config's judge fields: ``judge_type``, ``judge`` and ``{prefix}dtype``,
-    ``{prefix}attn_implementation``, ``{prefix}temperature``, ``{prefix}max_length``, ``{prefix}batch_tokens``
-    (no prefix in the rank and eval jobs; ``prefix="judge_"`` in the online training and iterate jobs, whose
-    configs also describe a policy)."""
-
-    def field(name: str):
-        return getattr(config, prefix + name)
-
-    return load_judge(
-        config.judge_type,
-        config.judge,
-        device=device,
-        dtype=field("dtype"),
-        attn_implementation=field("attn_implementation"),
-        temperature=field("temperature"),
-        max_length=field("max_length"),
-        batch_tokens=field("batch_tokens"),
-    )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rlhf_pairs.conversation import Prompt, as_messages, prompt_key
+from rlhf_pairs.data_utils import Prompt, as_messages, prompt_key
 from rlhf_pairs.judges.base import PairwiseJudge, progress_bar
 from rlhf_pairs.tokenization import SafeEncoder, batches_by_tokens, pad_batch, resolve_device_and_dtype
 

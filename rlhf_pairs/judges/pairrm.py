@@ -3,99 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-from torch import nn
-from transformers import DebertaV2Model, DebertaV2PreTrainedModel
-from transformers.utils import ModelOutput
 
-from rlhf_pairs.conversation import Prompt, pairrm_source_and_candidates
+from rlhf_pairs.data_utils import Prompt, as_messages
 from rlhf_pairs.judges.base import PairwiseJudge, progress_bar
-from rlhf_pairs.judges.deberta_attention import use_sdpa_attention
+from rlhf_pairs.judges.modeling_pairrm import DebertaV2PairRM, use_sdpa_attention
 from rlhf_pairs.tokenization import SafeEncoder, batches_by_tokens, pad_batch, resolve_device_and_dtype
 
-SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, CAND_PREFIX = (
-    "<|source|>",
-    "<|candidate1|>",
-    "<|candidate2|>",
-    "<|candidate|>",
-)
+SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX = "<|source|>", "<|candidate1|>", "<|candidate2|>"
 SOURCE_MAX_LENGTH = 1224
 CANDIDATE_MAX_LENGTH = 412
 MAX_LENGTH = SOURCE_MAX_LENGTH + 2 * CANDIDATE_MAX_LENGTH  # 2048
 
-
-@dataclass
-class PairRMOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
+PAIRRM_CONV_INSTRUCTION = (
+    "Finish the following coversation in each i-th turn by filling in <Response i> with your response."
+)
 
 
-class DebertaV2PairRM(DebertaV2PreTrainedModel):
-    """PairRM's model: a DeBERTa-v2/v3 encoder and an MLP head over [source ⊕ candidate] prefix-token states.
+def pairrm_source_and_candidates(prompt: Prompt, response_a: str, response_b: str) -> tuple[str, str, str]:
+    """PairRM's (source, candidate 1, candidate 2) texts.
 
-    ``logits`` = mean over tasks of head(src ⊕ cand1) - head(src ⊕ cand2): > 0 means candidate 1 is better.
-    Parameter names (``pretrained_model.*``, ``head_layer.{1,4}.*``) and config fields (``n_tasks``, ``drop_out``,
-    ``source_prefix_id``, ``cand1_prefix_id``, ``cand2_prefix_id``, ``cand_prefix_id``) match PairRM-hf.
-
-    The prefix positions can be given (``source_positions``, ...; one per row); otherwise the first occurrence of
-    each prefix id in a row is used. Rows missing a prefix raise ``ValueError``.
+    A string prompt or a single user message is used as is (the card's ``tokenize_pair``). A multi-turn prompt
+    becomes the card's ``tokenize_conv_pair`` format: the two conversations share the context, differ in the last
+    assistant turn, user turns go to the source and every assistant turn (earlier ones included) to the candidates.
     """
+    messages = as_messages(prompt)
+    if len(messages) == 1:
+        return messages[0]["content"], response_a, response_b
+    users = [m["content"] for m in messages[0::2]]
+    earlier = [m["content"] for m in messages[1::2]]
+    source = PAIRRM_CONV_INSTRUCTION + "\n".join(
+        f"USER: {content}\nAssistant: <Response {i + 1}>" for i, content in enumerate(users)
+    )
 
-    base_model_prefix = "pretrained_model"
+    def candidate(last: str) -> str:
+        return "\n".join(f"<Response {i + 1}>: {content}" for i, content in enumerate([*earlier, last]))
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.n_tasks = getattr(config, "n_tasks", 1)
-        self.drop_out = getattr(config, "drop_out", 0.05)
-        self.pretrained_model = DebertaV2Model(config)
-        hidden = config.hidden_size
-        self.head_layer = nn.Sequential(
-            nn.Dropout(self.drop_out),
-            nn.Linear(2 * hidden, hidden),
-            nn.Tanh(),
-            nn.Dropout(self.drop_out),
-            nn.Linear(hidden, self.n_tasks),
-        )
-        self.post_init()
-
-    def _prefix_positions(self, input_ids: torch.Tensor, name: str) -> torch.Tensor:
-        token_id = getattr(self.config, f"{name}_prefix_id", None)
-        if token_id is None:
-            raise ValueError(f"the PairRM config has no `{name}_prefix_id`")
-        hits = input_ids == token_id
-        if not bool(hits.any(-1).all()):
-            raise ValueError(f"every row of `input_ids` must contain the {name} prefix token id {token_id}")
-        return hits.int().argmax(-1)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        source_positions: torch.Tensor | None = None,
-        cand1_positions: torch.Tensor | None = None,
-        cand2_positions: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        **kwargs,
-    ) -> PairRMOutput:
-        """``labels`` (optional, 1.0 when candidate 1 is better) give a logistic loss on the logits."""
-        hidden = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        if source_positions is None:
-            source_positions = self._prefix_positions(input_ids, "source")
-        if cand1_positions is None:
-            cand1_positions = self._prefix_positions(input_ids, "cand1")
-        if cand2_positions is None:
-            cand2_positions = self._prefix_positions(input_ids, "cand2")
-        source = hidden[rows, source_positions]
-        left = self.head_layer(torch.cat([source, hidden[rows, cand1_positions]], dim=-1))
-        right = self.head_layer(torch.cat([source, hidden[rows, cand2_positions]], dim=-1))
-        logits = (left - right).mean(dim=-1)
-        loss = None
-        if labels is not None:
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.device).float())
-        return PairRMOutput(loss=loss, logits=logits)
+    return source, candidate(response_a), candidate(response_b)
 
 
 class PairRMEncoder:
@@ -198,7 +143,7 @@ class PairRMJudge(PairwiseJudge):
     ) -> PairRMJudge:
         """Load ``llm-blender/PairRM-hf`` (or a local directory in its layout). ``dtype="auto"``: bf16 on CUDA,
         fp32 on CPU (the card runs fp32). ``attn_implementation``: ``"sdpa"`` (default, DeBERTa's disentangled
-        attention as one fused SDPA call, equal to eager to float rounding: see ``deberta_attention``) or
+        attention as one fused SDPA call, equal to eager to float rounding: see ``modeling_pairrm``) or
         ``"eager"`` (transformers' own). Other keyword arguments go to the constructor."""
         from transformers import AutoTokenizer
 

@@ -1,0 +1,389 @@
+"""Every job's arguments, as dataclasses that TRL's ``TrlParser`` fills from a recipe YAML and command-line flags.
+
+A job's parser is a tuple of dataclasses, as in TRL's scripts (``ScriptArguments``, a trainer config,
+``ModelConfig``): the job's own config below, :class:`JudgeArguments` for every job that loads a judge, and, for
+training jobs, TRL's trainer config and ``ModelConfig``. A recipe YAML holds the fields of those dataclasses and
+nothing else. The same idea has the same name in every job:
+
+- datasets: TRL's ``ScriptArguments`` names (``dataset_name``, ``dataset_config``, ``dataset_train_split``,
+  ``dataset_test_split``);
+- the judge: the ``judge_*`` fields of :class:`JudgeArguments`, default ``judge_type: pair_lm`` everywhere;
+- the ranking method: ``ranking_method`` (``knockout`` or ``round_robin``).
+
+Defaults that differ from the libraries they extend are said in the field's help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhf_pairs.data_utils import SYSTEM_MESSAGE_MODES
+from rlhf_pairs.judges.loading import JUDGE_TYPES
+from rlhf_pairs.judges.pairrm import CANDIDATE_MAX_LENGTH, MAX_LENGTH, SOURCE_MAX_LENGTH
+from rlhf_pairs.pairs import PAIR_STRATEGIES
+from rlhf_pairs.ranking import METHODS
+
+MODES = ("dpo", "rejection_sampling")
+REFERENCES = ("initial", "previous")
+BACKENDS = ("hf", "vllm")
+ORDERS = ("both", "random")
+
+
+def check_choice(name: str, value, allowed) -> None:
+    """Raise ``ValueError`` naming the field when ``value`` is not one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
+
+
+def check_positive(config, *names: str, minimum: int = 1) -> None:
+    """Raise ``ValueError`` naming the first field of ``names`` (ignoring ``None``) below ``minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+
+
+@dataclass
+class JudgeArguments:
+    """The judge every job loads (rank, eval, iterate, online-dpo, grpo), under the same names in every job.
+
+    ``None`` for ``judge_attn_implementation``, ``judge_max_length`` or ``judge_batch_tokens`` keeps the judge's own
+    default; ``judge_max_length`` applies to the pair LM (PairRM's budgets are fixed by its card).
+    """
+
+    judge: str = field(metadata={"help": "Judge model: Hub name or local path."})
+    judge_type: str = field(default="pair_lm", metadata={"help": f"One of {JUDGE_TYPES}."})
+    judge_dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 on CUDA, fp32 on CPU) or a dtype."})
+    judge_attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2."})
+    judge_temperature: float = field(default=1.0, metadata={"help": "Judge temperature."})
+    judge_max_length: int | None = field(default=None, metadata={"help": "Pair LM truncation length (model max)."})
+    judge_batch_tokens: int | None = field(default=None, metadata={"help": "Padded tokens per judge batch."})
+
+    def __post_init__(self):
+        check_choice("judge_type", self.judge_type, JUDGE_TYPES)
+        if self.judge_temperature <= 0:
+            raise ValueError(f"`judge_temperature` must be > 0, got {self.judge_temperature}")
+        check_positive(self, "judge_max_length", "judge_batch_tokens")
+
+    def result_fields(self) -> dict:
+        """The fields that change what the judge says (for fingerprints of finished work)."""
+        keys = ("judge", "judge_type", "judge_dtype", "judge_temperature", "judge_max_length")
+        return {key: getattr(self, key) for key in keys}
+
+    def load(self, device=None):
+        """The judge, loaded with :func:`rlhf_pairs.judges.load_judge` on ``device``."""
+        from rlhf_pairs.judges.loading import load_judge
+
+        return load_judge(
+            self.judge_type,
+            self.judge,
+            device=device,
+            dtype=self.judge_dtype,
+            attn_implementation=self.judge_attn_implementation,
+            temperature=self.judge_temperature,
+            max_length=self.judge_max_length,
+            batch_tokens=self.judge_batch_tokens,
+        )
+
+
+@dataclass
+class RankConfig:
+    """The ``rank`` job (parsed with :class:`JudgeArguments`).
+
+    Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``output``. Ranking: ``ranking_method``,
+    ``seed``, ``find_worst``, ``complete_margins``. Execution: ``shard_size``, ``max_shards``, ``overwrite``.
+    """
+
+    dataset_name: str = field(
+        metadata={"help": "Candidates: Hub name, local jsonl/json/parquet file, or a save_to_disk directory."}
+    )
+    output: str = field(metadata={"help": "Output file (.jsonl or .parquet); shards go to <output>.shards/."})
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Dataset configuration name (datasets' `name`), for Hub or script datasets."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to rank."})
+    ranking_method: str = field(default="knockout", metadata={"help": f"One of {METHODS}."})
+    seed: int = field(default=0, metadata={"help": "Seeds the knockout brackets; results depend only on it."})
+    find_worst: bool = field(default=True, metadata={"help": "Also find the worst candidate (knockout)."})
+    shard_size: int = field(default=256, metadata={"help": "Prompts per shard (the unit of resume)."})
+    max_shards: int | None = field(
+        default=None, metadata={"help": "Stop after ranking this many new shards (time-boxed runs); re-run to go on."}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Discard finished shards made with other arguments."})
+    complete_margins: bool = field(
+        default=False,
+        metadata={
+            "help": "Also judge best vs worst where the tournament did not pair them, so every ranked row has a "
+            "margin (one more match for those rows, counted in num_comparisons)."
+        },
+    )
+
+    def __post_init__(self):
+        check_choice("ranking_method", self.ranking_method, METHODS)
+        check_positive(self, "shard_size", "max_shards")
+        if Path(self.output).suffix not in (".jsonl", ".parquet"):
+            raise ValueError(f"`output` must end with .jsonl or .parquet, got {self.output!r}")
+
+
+@dataclass
+class EvalConfig:
+    """The ``eval`` job (parsed with :class:`JudgeArguments`).
+
+    Data: ``dataset_name``, ``dataset_config``, ``dataset_test_split``, ``max_examples``. Output: ``output_dir``.
+    Execution: ``shard_size``.
+    """
+
+    output_dir: str = field(metadata={"help": "Directory for report.json, per_example.jsonl, report.md, sections.png."})
+    dataset_name: str = field(
+        default="allenai/reward-bench",
+        metadata={"help": "Hub name, local jsonl/json/parquet file, or a save_to_disk directory (RewardBench format)."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_test_split: str = field(
+        default="filtered", metadata={"help": "Split to evaluate (RewardBench's: filtered)."}
+    )
+    max_examples: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N rows (smoke runs; RewardBench is sorted by subset)."}
+    )
+    shard_size: int = field(default=128, metadata={"help": "Pairs per shard (the unit of work per process)."})
+
+    def __post_init__(self):
+        check_positive(self, "shard_size", "max_examples")
+
+
+@dataclass
+class IterateConfig:
+    """The ``iterate`` job (parsed with :class:`JudgeArguments`, TRL's ``DPOConfig`` -- ``SFTConfig`` with
+    ``mode: rejection_sampling`` -- and ``ModelConfig``).
+
+    Data: ``dataset_name``, ``dataset_train_split``, ``prompt_column``, ``prompts_per_round``,
+    ``eval_dataset_name``, ``dataset_test_split``, ``num_eval_prompts``. Generation: ``num_candidates``,
+    ``generation_*``, ``max_new_tokens``, ``shard_size``, ``vllm_*``. Ranking: ``ranking_method``. Pairs and training:
+    ``mode``, ``pair_strategy``, ``min_margin``, ``reference``. Evaluation: ``eval_max_new_tokens``,
+    ``eval_temperature``. Control: ``rounds``, ``redo``. The output root, the seed and the training
+    hyper-parameters come from the trainer config (``output_dir``, ``seed``, ``learning_rate``, ``beta``, ...); the
+    initial policy and LoRA from ``ModelConfig`` (``model_name_or_path``, ``dtype``, ``use_peft``, ``lora_*``).
+    """
+
+    dataset_name: str = field(
+        metadata={
+            "help": "Prompts: Hub name, local jsonl/json/parquet file or save_to_disk dir; with '{round}' in it, "
+            "one source per round (e.g. RLHFlow/iterative-prompt-v1-iter{round}-20K)."
+        }
+    )
+    rounds: int = field(default=3, metadata={"help": "Number of rounds."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of `dataset_name`."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt (str or messages)."})
+    prompts_per_round: int | None = field(
+        default=None,
+        metadata={
+            "help": "Round k uses the k-th slice of this many prompts (RLHFlow: a fresh slice per round); "
+            "None: every round uses all prompts."
+        },
+    )
+    eval_dataset_name: str | None = field(default=None, metadata={"help": "Held-out prompts for the win rate."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split of `eval_dataset_name`."})
+    num_eval_prompts: int = field(
+        default=0,
+        metadata={
+            "help": "Without `eval_dataset_name`: hold out this many prompts from the end of `dataset_name` for the "
+            "win rate (0 and no eval_dataset_name: no eval stage). With it: use at most this many (0: all)."
+        },
+    )
+    num_candidates: int = field(default=8, metadata={"help": "Candidates sampled per prompt."})
+    generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
+    max_new_tokens: int = field(default=2048, metadata={"help": "Maximum new tokens per candidate."})
+    generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call (HF backend)."})
+    generation_backend: str = field(default="hf", metadata={"help": f"One of {BACKENDS} (vllm: `vllm` extra)."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size."})
+    vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory share."})
+    shard_size: int = field(default=64, metadata={"help": "Prompts per generation/ranking shard (unit of resume)."})
+    ranking_method: str = field(default="knockout", metadata={"help": f"One of {METHODS}."})
+    mode: str = field(
+        default="dpo",
+        metadata={
+            "help": f"One of {MODES}; rejection_sampling trains with TRL's SFTConfig fields instead of DPOConfig."
+        },
+    )
+    pair_strategy: str = field(default="max_min", metadata={"help": f"One of {PAIR_STRATEGIES}."})
+    min_margin: float | None = field(
+        default=None, metadata={"help": "Drop prompts whose P(best beats worst) is below this (None: keep all)."}
+    )
+    reference: str = field(
+        default="initial",
+        metadata={
+            "help": f"DPO reference model, one of {REFERENCES}: the initial policy (RLHFlow) or the "
+            "policy the round starts from."
+        },
+    )
+    eval_max_new_tokens: int | None = field(default=None, metadata={"help": "Eval tokens (None: max_new_tokens)."})
+    eval_temperature: float = field(default=0.0, metadata={"help": "Eval sampling temperature (0: greedy)."})
+    redo: bool = field(
+        default=False, metadata={"help": "Recompute a finished stage whose config changed, and every later stage."}
+    )
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("ranking_method", METHODS),
+            ("mode", MODES),
+            ("pair_strategy", PAIR_STRATEGIES),
+            ("reference", REFERENCES),
+            ("generation_backend", BACKENDS),
+        ):
+            check_choice(name, getattr(self, name), allowed)
+        check_positive(self, "rounds", "shard_size", "generation_batch_size", "max_new_tokens", "eval_max_new_tokens")
+        check_positive(self, "prompts_per_round")
+        if self.num_candidates < 2:
+            raise ValueError(f"`num_candidates` must be >= 2 to rank, got {self.num_candidates}")
+        if self.num_eval_prompts < 0:
+            raise ValueError(f"`num_eval_prompts` must be >= 0, got {self.num_eval_prompts}")
+
+
+@dataclass
+class OnlineConfig:
+    """The online training jobs, ``online-dpo`` and ``grpo`` (parsed with :class:`JudgeArguments`, TRL's
+    ``OnlineDPOConfig`` / ``GRPOConfig`` and ``ModelConfig``).
+
+    Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``dataset_test_split`` (a ``prompt``
+    column: strings or chat messages). Reward: ``ranking_method``, ``ranking_seed``, ``system_message``. Win rate:
+    ``win_rate_prompts``, ``win_rate_steps``, ``win_rate_max_new_tokens``.
+    """
+
+    dataset_name: str = field(
+        metadata={"help": "Prompts: a Hub dataset, a local jsonl/json/parquet file, or a save_to_disk directory."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (Hub)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(
+        default="test",
+        metadata={"help": "Split the win-rate prompts come from; if missing, they are held out of the train split."},
+    )
+    ranking_method: str = field(
+        default="round_robin",
+        metadata={
+            "help": f"GRPO group scoring, one of {METHODS}: round_robin = mean win probability in the group; "
+            "knockout = 1 best, 0 worst, 0.5 others. Online DPO always uses P(this beats the other)."
+        },
+    )
+    ranking_seed: int = field(default=0, metadata={"help": "Knockout bracket seed."})
+    system_message: str = field(
+        default="merge",
+        metadata={"help": f"Leading system messages for the judge, one of {SYSTEM_MESSAGE_MODES}."},
+    )
+    win_rate_prompts: int = field(
+        default=0, metadata={"help": "Prompts for the win-rate callback (vs. the initial policy); 0 disables it."}
+    )
+    win_rate_steps: int | None = field(
+        default=None, metadata={"help": "Steps between win-rate evaluations (default: the trainer's eval_steps)."}
+    )
+    win_rate_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Tokens per win-rate completion (default: the trainer's completion length)."}
+    )
+
+    def __post_init__(self):
+        check_choice("ranking_method", self.ranking_method, METHODS)
+        check_choice("system_message", self.system_message, SYSTEM_MESSAGE_MODES)
+        if self.win_rate_prompts < 0:
+            raise ValueError(f"`win_rate_prompts` must be >= 0, got {self.win_rate_prompts}")
+        check_positive(self, "win_rate_steps", "win_rate_max_new_tokens")
+
+
+@dataclass
+class PairPMConfig:
+    """The ``train-pm`` job (parsed with TRL's ``SFTConfig`` and ``ModelConfig``).
+
+    Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``dataset_test_split``, ``eval_size``,
+    ``max_train_pairs``, ``max_eval_pairs``. Comparisons: ``orders``, ``loss_on_eot``, ``eot_token``.
+    Saving: ``merge_lora``.
+    """
+
+    dataset_name: str = field(
+        default="RLHFlow/pair_preference_model_dataset",
+        metadata={
+            "help": "Hub name, local jsonl/json/parquet file or save_to_disk directory: RLHFlow `messages` rows "
+            "or prompt/chosen/rejected pairs."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(
+        default=None,
+        metadata={"help": "Held-out split for evaluation; if unset, `eval_size` pairs of the train split."},
+    )
+    eval_size: float = field(
+        default=0.0,
+        metadata={
+            "help": "Pairs held out of the train split when there is no test split (fraction if < 1). "
+            "Split by pair, so both orders of a pair stay on one side."
+        },
+    )
+    max_train_pairs: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
+    max_eval_pairs: int | None = field(default=None, metadata={"help": "Evaluate on at most N held-out pairs."})
+    orders: str = field(
+        default="both",
+        metadata={
+            "help": f"One of {ORDERS}: each training pair in both A/B orders, or one order drawn with `seed` "
+            "(RLHFlow's recipe). Evaluation always uses both orders."
+        },
+    )
+    loss_on_eot: bool = field(
+        default=False, metadata={"help": "Also train on an end-of-turn token after the label (default: label only)."}
+    )
+    eot_token: str | None = field(
+        default=None, metadata={"help": "End-of-turn token for `loss_on_eot` (default: <|eot_id|> if known, else EOS)."}
+    )
+    merge_lora: bool = field(
+        default=True, metadata={"help": "With use_peft: save the merged model in output_dir (adapter in adapter/)."}
+    )
+
+    def __post_init__(self):
+        check_choice("orders", self.orders, ORDERS)
+        if self.eval_size < 0:
+            raise ValueError(f"`eval_size` must be >= 0, got {self.eval_size}")
+        check_positive(self, "max_train_pairs", "max_eval_pairs")
+
+
+@dataclass
+class PairRMTrainConfig:
+    """The ``train-pairrm`` job (parsed with transformers' ``TrainingArguments``).
+
+    Model: ``model_name_or_path``, ``dtype``. Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``,
+    ``dataset_test_split``, ``eval_size``, ``max_train_pairs``, ``max_eval_pairs``. Budgets: ``source_max_length``,
+    ``max_length`` (the card's 1224 and 2048).
+    """
+
+    dataset_name: str = field(metadata={"help": "Hub name or local file/directory with prompt/chosen/rejected pairs."})
+    model_name_or_path: str = field(
+        default="llm-blender/PairRM-hf", metadata={"help": "PairRM checkpoint (Hub name or local directory)."}
+    )
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype to load (mixed precision via bf16)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(
+        default=None, metadata={"help": "Held-out split; if unset, `eval_size` pairs of the train split."}
+    )
+    eval_size: float = field(
+        default=0.0,
+        metadata={"help": "Pairs held out of the train split when there is no test split (fraction if < 1)."},
+    )
+    max_train_pairs: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
+    max_eval_pairs: int | None = field(default=None, metadata={"help": "Evaluate on at most N held-out pairs."})
+    source_max_length: int = field(default=SOURCE_MAX_LENGTH, metadata={"help": "Source token budget (card: 1224)."})
+    max_length: int = field(
+        default=MAX_LENGTH,
+        metadata={
+            "help": f"Total budget; each candidate gets (max_length - source) // 2 (card: 2048 = "
+            f"{SOURCE_MAX_LENGTH} + 2 x {CANDIDATE_MAX_LENGTH})."
+        },
+    )
+
+    def __post_init__(self):
+        if self.eval_size < 0:
+            raise ValueError(f"`eval_size` must be >= 0, got {self.eval_size}")
+        check_positive(self, "max_train_pairs", "max_eval_pairs", "source_max_length")
+        if self.max_length <= self.source_max_length:
+            raise ValueError(
+                f"`max_length` ({self.max_length}) must exceed `source_max_length` ({self.source_max_length})"
+            )

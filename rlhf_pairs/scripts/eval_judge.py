@@ -1,0 +1,135 @@
+"""``rlhf-pairs eval``: how good and how biased is a pair judge, on RewardBench or any data in its format.
+
+Input: any datasets-loadable source with ``prompt`` (str or messages), ``chosen``, ``rejected`` and ``subset``
+(default ``allenai/reward-bench``, split ``filtered``). Outputs under ``output_dir``, each written atomically by the
+main process:
+
+- ``report.json``: :func:`rlhf_pairs.evaluation.build_report` (per-subset accuracy, RewardBench's four section
+  scores and their mean, ties, position consistency and bias, length bias) plus the job's settings;
+- ``per_example.jsonl``: one record per input row, in input order (:func:`rlhf_pairs.evaluation.score_examples`);
+- ``report.md``: the same numbers as readable tables; ``sections.png``: a bar chart of the sections.
+
+The rows are cut into fixed shards of ``shard_size`` pairs; process k of K judges shards k, k+K, ... and the records
+are gathered and put back in input order. Each shard is judged on its own, in the same batches whatever K (the
+judge's score cache is cleared at the start of every shard, so no shard depends on the shards judged before it), and
+on CPU every process loads the judge on device ``cpu`` (not the process group's ``cpu:0``: moving a model there copies
+its weights into differently aligned memory, and MKL's float32 matmuls round differently by alignment). Hence:
+
+- CPU: with the same machine, software and thread count (``OMP_NUM_THREADS``), the outputs of 1 and K processes are
+  bit-identical (tested). A different thread count changes float32 rounding.
+- GPU: not tested. The batches are the same, but GPU kernels (bf16 by default) are not guaranteed bit-deterministic,
+  so scores may differ in the last bits between runs, whatever K.
+
+Timing (pairs/s) goes to the log line and the returned summary, not into the report.
+
+Assumptions: every row is one comparison; a subset outside RewardBench's sections is reported on its own and left
+out of the sections. Raises ``ValueError`` for an empty dataset, a missing column, or a non-string response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from rlhf_pairs.configs import EvalConfig, JudgeArguments
+from rlhf_pairs.data_utils import load_rows
+from rlhf_pairs.evaluation import (
+    SECTIONS,
+    build_report,
+    check_rewardbench_rows,
+    format_percent,
+    format_report,
+    score_examples,
+)
+from rlhf_pairs.utils.io import write_jsonl_atomic, write_text_atomic
+from rlhf_pairs.utils.plotting import write_section_chart
+
+logger = logging.getLogger(__name__)
+
+RECIPES = "eval"
+REPORT_FILE, EXAMPLES_FILE, TABLE_FILE, CHART_FILE = "report.json", "per_example.jsonl", "report.md", "sections.png"
+
+
+def main(config: EvalConfig, judge_args: JudgeArguments) -> dict:
+    """Evaluate ``judge_args.judge`` on ``config.dataset_name``; writes the outputs and returns the report (every
+    process), with ``pairs_per_second`` and ``output_dir`` added."""
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    from rlhf_pairs.utils.distributed import process_state
+
+    state = process_state()
+
+    # ------------------------------------------------------------------ dataset
+    rows = load_rows(config.dataset_name, config.dataset_config, config.dataset_test_split)
+    if config.max_examples is not None:
+        rows = rows[: config.max_examples]
+    check_rewardbench_rows(rows, f"dataset {config.dataset_name!r} (split {config.dataset_test_split!r})")
+
+    # ------------------------------------------------------------------ judge
+    starts = list(range(0, len(rows), config.shard_size))
+    mine = [k for k in range(len(starts)) if k % state.num_processes == state.process_index]
+    # A process without shards (more processes than shards) only joins the gather. On CPU the judge lands on "cpu",
+    # not the process group's "cpu:0" (tokenization.model_device).
+    judge = judge_args.load(state.device) if mine else None
+
+    # ------------------------------------------------------------------ evaluation
+    start = time.perf_counter()
+    records: list[dict] = []
+    for k in tqdm(mine, desc="judging pairs", unit="shard", disable=not state.is_main_process):
+        if hasattr(judge, "clear_cache"):  # a shard's scores must not depend on the shards judged before it
+            judge.clear_cache()
+        records += score_examples(judge, rows[starts[k] : starts[k] + config.shard_size], start_index=starts[k])
+    records = sorted(gather_object(records), key=lambda r: r["index"])
+    elapsed = time.perf_counter() - start
+    if [r["index"] for r in records] != list(range(len(rows))):
+        raise RuntimeError(f"gathered {len(records)} records for {len(rows)} rows")
+    metadata = {
+        **judge_args.result_fields(),
+        **{k: getattr(config, k) for k in ("dataset_name", "dataset_config", "dataset_test_split", "max_examples")},
+    }
+    report = build_report(records, metadata)
+
+    # ------------------------------------------------------------------ save
+    out = Path(config.output_dir)
+    if state.is_main_process:
+        write_jsonl_atomic(out / EXAMPLES_FILE, records)
+        write_text_atomic(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out / TABLE_FILE, format_report(report))
+        write_section_chart(out / CHART_FILE, report)
+        pairs_per_second = len(rows) / elapsed if elapsed > 0 else 0.0
+        logger.info(
+            "eval: %d pairs over %d process(es), accuracy %.2f, %s, score %s, position consistency %s, bias %s, "
+            "%.1f pairs/s -> %s",
+            len(rows),
+            state.num_processes,
+            100 * report["accuracy"],
+            ", ".join(f"{name} {format_percent(report['sections'][name])}" for name in SECTIONS),
+            format_percent(report["score"]),
+            format_percent(report["position"]["consistency"]),
+            "n/a" if report["position"]["bias"] is None else f"{report['position']['bias']:+.4f}",
+            pairs_per_second,
+            out,
+        )
+    state.wait_for_everyone()
+    return {**report, "pairs_per_second": len(rows) / elapsed if elapsed > 0 else 0.0, "output_dir": str(out)}
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    from trl import TrlParser
+
+    dataclass_types = (EvalConfig, JudgeArguments)
+    if subparsers is not None:
+        return subparsers.add_parser("eval", help="Evaluate a pair judge", dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types, prog=prog)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from rlhf_pairs.scripts import run
+
+    run(sys.modules[__name__])

@@ -1,0 +1,167 @@
+"""``rlhf-pairs train-pm``: train a pair preference LM (RLHFlow's recipe) with TRL's ``SFTTrainer``.
+
+    rlhf-pairs train-pm --config llama3-8b-it --accelerate_config zero3 --num_processes 8
+    accelerate launch --config_file recipes/accelerate/zero3.yaml scripts/train_pair_pm.py \
+        --config recipes/pair_pm/llama3-8b-it.yaml
+
+Features, assumptions and errors: :mod:`rlhf_pairs.trainer.pair_pm_trainer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from trl import ModelConfig, SFTConfig
+
+from rlhf_pairs.configs import PairPMConfig
+from rlhf_pairs.data_utils import load_split
+from rlhf_pairs.trainer.pair_pm_data import (
+    RenderedContextFormatter,
+    comparisons,
+    pair_context,
+    preference_pairs,
+    split_pairs,
+    tokenized_dataset,
+)
+from rlhf_pairs.trainer.pair_pm_trainer import (
+    PairPreferenceSFTTrainer,
+    end_of_turn_id,
+    ensure_pad_token,
+    save_merged_lora,
+)
+from rlhf_pairs.utils.models import load_causal_lm, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+RECIPES = "pair_pm"
+
+
+def tokenized_cache_dir() -> str | None:
+    """Where tokenized comparisons are cached: ``rlhf_pairs/`` in the datasets cache (``HF_DATASETS_CACHE``), or
+    ``None`` (in memory) when datasets' caching is disabled."""
+    import datasets
+
+    return os.path.join(datasets.config.HF_DATASETS_CACHE, "rlhf_pairs") if datasets.is_caching_enabled() else None
+
+
+def main(script_args: PairPMConfig, training_args: SFTConfig, model_args: ModelConfig) -> dict:
+    """Train, evaluate and save; returns a summary (conversion counts, final train loss, final eval metrics)."""
+    from trl import get_peft_config
+
+    # ------------------------------------------------------------------ model & tokenizer
+    if not model_args.model_name_or_path:
+        raise ValueError("`model_name_or_path` is required (e.g. meta-llama/Meta-Llama-3-8B-Instruct)")
+    tokenizer = load_tokenizer(model_args, training_args)
+    model = load_causal_lm(model_args, training_args)
+    pad_token = ensure_pad_token(tokenizer, model)
+    eot_id = end_of_turn_id(tokenizer, script_args.eot_token) if script_args.loss_on_eot else None
+    num_targets = 1 + script_args.loss_on_eot
+    prefix_budget = training_args.max_length - num_targets if training_args.max_length else None
+    formatter = RenderedContextFormatter(tokenizer, max_length=prefix_budget)
+    logger.info(
+        "pad token %r (id %d); label ids A=%d B=%d",
+        pad_token,
+        tokenizer.pad_token_id,
+        formatter.token_id_a,
+        formatter.token_id_b,
+    )
+
+    # ------------------------------------------------------------------ dataset
+    # The main process of each node loads, converts and tokenizes first, writing the datasets cache; the others then
+    # load the tokenized comparisons from it instead of running dataset_num_proc workers each on the same data.
+    with training_args.main_process_first(desc="dataset preparation"):
+        rows = load_split(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
+        pairs, stats = preference_pairs(rows)
+        logger.info("train split: %s", stats.summary())
+        if script_args.dataset_test_split:
+            eval_rows = load_split(script_args.dataset_name, script_args.dataset_config, script_args.dataset_test_split)
+            eval_pairs, eval_stats = preference_pairs(eval_rows)
+            logger.info("test split: %s", eval_stats.summary())
+        else:
+            pairs, eval_pairs = split_pairs(pairs, script_args.eval_size, training_args.seed)
+        pairs = pairs[: script_args.max_train_pairs]
+        eval_pairs = eval_pairs[: script_args.max_eval_pairs]
+        if not pairs:
+            raise ValueError(f"no training pair left in {script_args.dataset_name!r} ({stats.summary()})")
+        train_comps = comparisons(pairs, formatter, script_args.orders, training_args.seed)
+        eval_comps = comparisons(eval_pairs, formatter, "both")
+        cache_dir = tokenized_cache_dir()
+        num_proc = training_args.dataset_num_proc
+        train_dataset = tokenized_dataset(train_comps, formatter, eot_id, num_proc, cache_dir)
+        eval_dataset = tokenized_dataset(eval_comps, formatter, eot_id, num_proc, cache_dir) if eval_comps else None
+    truncated = sum(train_dataset["truncated"])
+    if truncated:
+        logger.warning(
+            "%d of %d training comparisons exceeded max_length=%s and were truncated (oldest context first)",
+            truncated,
+            len(train_dataset),
+            training_args.max_length,
+        )
+    train_dataset = train_dataset.remove_columns("truncated")
+    eval_dataset = eval_dataset.remove_columns("truncated") if eval_dataset is not None else None
+    logger.info(
+        "%d training comparisons (%s), %d held-out pairs", len(train_dataset), script_args.orders, len(eval_pairs)
+    )
+
+    # ------------------------------------------------------------------ training
+    if eval_dataset is None and training_args.eval_strategy != "no":
+        logger.warning("no held-out pairs (set `eval_size` or `dataset_test_split`): evaluation is turned off")
+        training_args.eval_strategy = "no"
+    trainer = PairPreferenceSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        eval_pairs=(
+            [pair_context(p, formatter) for p in eval_pairs],
+            [p.chosen for p in eval_pairs],
+            [p.rejected for p in eval_pairs],
+        ),
+        judge_max_length=prefix_budget,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    summary = {
+        "conversion": stats.summary(),
+        "train_comparisons": len(train_dataset),
+        "eval_pairs": len(eval_pairs),
+        "train_loss": train_result.training_loss,
+    }
+    if eval_dataset is not None:
+        summary["eval"] = trainer.evaluate()
+
+    # ------------------------------------------------------------------ save
+    if model_args.use_peft:
+        adapter_dir = os.path.join(training_args.output_dir, "adapter")
+        trainer.save_model(adapter_dir)
+        if script_args.merge_lora and trainer.accelerator.is_main_process:
+            save_merged_lora(model_args, adapter_dir, training_args.output_dir, training_args)
+    else:
+        trainer.save_model(training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    logger.info(
+        "saved to %s: load it with PairPreferenceJudge.from_pretrained(%r)",
+        training_args.output_dir,
+        training_args.output_dir,
+    )
+    return summary
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    from trl import TrlParser
+
+    dataclass_types = (PairPMConfig, SFTConfig, ModelConfig)
+    if subparsers is not None:
+        return subparsers.add_parser("train-pm", help="Train a pair preference LM", dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types, prog=prog)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from rlhf_pairs.scripts import run
+
+    run(sys.modules[__name__])

@@ -1,0 +1,123 @@
+"""Online training with a pair judge as the reward, shared by the ``online-dpo`` and ``grpo`` jobs: the steps that
+turn their arguments (:class:`~rlhf_pairs.configs.OnlineConfig`, :class:`~rlhf_pairs.configs.JudgeArguments`, a TRL
+trainer config, ``trl.ModelConfig``) into a policy, prompts, a reward function, a win-rate callback and a trained,
+saved model."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from rlhf_pairs.configs import JudgeArguments, OnlineConfig
+from rlhf_pairs.data_utils import load_split, split_names
+from rlhf_pairs.rewards import PairwiseRewardFunction
+from rlhf_pairs.utils.models import load_causal_lm, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def load_prompt_splits(args: OnlineConfig):
+    """(train prompts, win-rate prompts or ``None``) as datasets with only the ``prompt`` column.
+
+    The win-rate prompts are the first ``win_rate_prompts`` of ``dataset_test_split`` when it exists, else the
+    last ``win_rate_prompts`` of the train split, which are then left out of training.
+    Raises ``ValueError`` when the train split or its ``prompt`` column is missing.
+    """
+    splits = split_names(args.dataset_name, args.dataset_config)
+    if args.dataset_train_split not in splits and splits != ["train"]:
+        raise ValueError(f"{args.dataset_name} has no split {args.dataset_train_split!r}; it has {splits}")
+    train = load_split(args.dataset_name, args.dataset_config, args.dataset_train_split)
+    if "prompt" not in train.column_names:
+        raise ValueError(f"{args.dataset_name} needs a 'prompt' column; it has {train.column_names}")
+    train = train.select_columns(["prompt"])
+    if not args.win_rate_prompts:
+        return train, None
+    if args.dataset_test_split in splits and args.dataset_test_split != args.dataset_train_split:
+        test = load_split(args.dataset_name, args.dataset_config, args.dataset_test_split).select_columns(["prompt"])
+        return train, test.select(range(min(args.win_rate_prompts, len(test))))
+    n = min(args.win_rate_prompts, len(train) - 1)
+    logger.info("no %r split: holding out the last %d train prompts for the win rate", args.dataset_test_split, n)
+    return train.select(range(len(train) - n)), train.select(range(len(train) - n, len(train)))
+
+
+def load_policy(model_args, training_args):
+    """The policy (``AutoModelForCausalLM``) and its tokenizer from a ``trl.ModelConfig`` and the trainer config
+    (:mod:`rlhf_pairs.utils.models`); a tokenizer without a pad token pads with its EOS token."""
+    return load_causal_lm(model_args, training_args), load_tokenizer(model_args, training_args, pad_with_eos=True)
+
+
+def build_reward(judge, args: OnlineConfig, layout: str, num_generations: int | None = None) -> PairwiseRewardFunction:
+    """The reward function for a trainer: ``layout="pairs"`` for OnlineDPO, ``"groups"`` for GRPO/RLOO.
+
+    ``num_generations``: the trainer's group size, for ``"groups"``. Pass it: without it a group is a run of equal
+    prompts, so two groups of a prompt that appears twice in the dataset and lands twice in a row are ranked as
+    one. (It must then also be the group size of any evaluation, i.e. GRPO's ``num_generations_eval`` unset.)"""
+    return PairwiseRewardFunction(
+        judge,
+        layout=layout,
+        method=args.ranking_method,
+        num_generations=num_generations,
+        seed=args.ranking_seed,
+        system_message=args.system_message,
+    )
+
+
+def add_win_rate_callback(trainer, judge, args: OnlineConfig, prompts) -> None:
+    """Attach a :class:`~rlhf_pairs.PairwiseWinRateCallback` over ``prompts`` (a dataset or ``None``: no-op)."""
+    if prompts is None:
+        return
+    from rlhf_pairs.trainer.callbacks import PairwiseWinRateCallback
+
+    trainer.add_callback(
+        PairwiseWinRateCallback(
+            judge,
+            trainer,
+            prompts=prompts["prompt"],
+            freq=args.win_rate_steps,
+            max_new_tokens=args.win_rate_max_new_tokens,
+            system_message=args.system_message,
+        )
+    )
+
+
+def save_and_finish(trainer, output_dir: str) -> None:
+    """Save the model (and, on the main process, ``trainer_state.json`` with the log history), then end the run."""
+    trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))
+    trainer.accelerator.wait_for_everyone()
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
+        trainer.end()
+
+
+def train_with_pair_judge(
+    script_args: OnlineConfig, judge_args: JudgeArguments, training_args, model_args, trainer_class, layout: str
+):
+    """The body of every online job: load the policy, judge and prompts, train ``trainer_class`` with the pair
+    judge's reward (``layout`` as in :func:`build_reward`; ``"groups"`` uses the trainer config's
+    ``num_generations``, so a prompt sampled twice in a row still makes two groups), attach the win-rate callback,
+    save; returns the trainer."""
+    from trl import get_peft_config
+
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+
+    model, tokenizer = load_policy(model_args, training_args)
+    # training_args.device sets up the process group the way the trainer will (PartialState() alone would ignore
+    # use_cpu and, on a CPU-only machine, see each launched process as a separate run). Every process holds its
+    # own judge; it is never wrapped by DeepSpeed.
+    judge = judge_args.load(training_args.device)
+    train_prompts, win_rate_prompts = load_prompt_splits(script_args)
+    num_generations = training_args.num_generations if layout == "groups" else None
+    trainer = trainer_class(
+        model=model,
+        reward_funcs=[build_reward(judge, script_args, layout=layout, num_generations=num_generations)],
+        args=training_args,
+        train_dataset=train_prompts,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    add_win_rate_callback(trainer, judge, script_args, win_rate_prompts)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    save_and_finish(trainer, training_args.output_dir)
+    return trainer

@@ -1,0 +1,389 @@
+"""Training data for pairwise preference models: RLHFlow's comparison rows, preference pairs, both orders, labels.
+
+Two input schemas are accepted (detected from the columns):
+
+- **RLHFlow comparisons** (``RLHFlow/pair_preference_model_dataset``): ``messages`` =
+  ``[{"role": "user", "content": <filled PAIR_TEMPLATE>}, {"role": "assistant", "content": "A" | "B"}]``.
+  The user content is parsed back into (context, response A, response B) so that the pair can be presented in both
+  orders and judged on a held-out split.
+- **Preference pairs** (TRL's format): ``prompt`` (str or messages) + ``chosen``/``rejected`` (str or a one-message
+  assistant list), or ``chosen``/``rejected`` as whole conversations (RLHFlow's "standard" format: the conversation
+  before the last assistant turn is the shared context, the last turn the response). Whole conversations may come
+  with a ``prompt`` (``HuggingFaceH4/ultrafeedback_binarized``) that repeats their first user turn (a string) or
+  their whole context (messages); any other ``prompt`` drops the row (``prompt_mismatch``).
+
+A dataset with both ``messages`` and ``chosen``/``rejected`` columns (ultrafeedback_binarized: ``messages`` is the
+chosen conversation) is read as preference pairs.
+
+Rows that fail RLHFlow's filters (``process_pair_data.py``: alternating user/assistant turns from a user turn, equal
+context in chosen and rejected, no empty turn) are dropped and counted by reason; so are pairs with identical
+responses (no preference to learn; RLHFlow kept them).
+
+A pair becomes ordered :class:`Comparison` s, both orders by default (RLHFlow drew one unseeded random order per
+pair; ``orders="random"`` does that with a seed). A comparison is tokenized with the judge's own formatter: the
+training sequence is *exactly* the ids :class:`~rlhf_pairs.PairPreferenceJudge` reads at inference, followed by the
+label token ("A" or "B"), optionally plus the end-of-turn token; every other position is labelled -100.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhf_pairs.configs import ORDERS
+from rlhf_pairs.data_utils import Prompt, validate_prompt
+from rlhf_pairs.judges.pair_lm import PAIR_TEMPLATE, PairPreferenceFormatter
+
+LABELS = ("A", "B")
+IGNORE_INDEX = -100
+
+# The fixed text around the three slots of PAIR_TEMPLATE, used to parse a filled template back.
+_HEAD, _MID_A, _MID_B, _TAIL = "[CONTEXT] ", " [RESPONSE A] ", " [RESPONSE B] ", " \n"
+assert PAIR_TEMPLATE == _HEAD + "{context}" + _MID_A + "{response_A}" + _MID_B + "{response_B}" + _TAIL
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt and two responses, ``chosen`` being the better one.
+
+    ``prompt`` is the conversation before the responses (str or messages). Pairs parsed from RLHFlow comparison rows
+    have no prompt, only ``context``: the conversation already rendered with the card's plain template (the
+    ``{context}`` slot of the comparison template).
+    """
+
+    prompt: Prompt | None
+    chosen: str
+    rejected: str
+    context: str | None = None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One ordered comparison: the pair LM reads (context, response A, response B) and should answer ``label``."""
+
+    context: str
+    response_a: str
+    response_b: str
+    label: str
+    pair_index: int
+
+
+@dataclass
+class ConversionStats:
+    """How many rows went in, how many pairs came out, and the dropped rows by reason."""
+
+    rows: int = 0
+    pairs: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items())) or "none"
+        return f"{self.rows} rows -> {self.pairs} pairs; dropped {sum(self.dropped.values())} ({reasons})"
+
+
+class RowDropped(ValueError):
+    """A row that a filter rejects; the message is the reason counted in :class:`ConversionStats`."""
+
+
+class RenderedContextFormatter(PairPreferenceFormatter):
+    """:class:`~rlhf_pairs.PairPreferenceFormatter` whose "prompts" are contexts already rendered with the card's plain
+    template (what RLHFlow comparison rows hold). Everything else, encoding and truncation included, is the inference
+    code; for a prompt ``p``, ``encode(formatter.context(p), a, b)`` equals the judge's ``encode(p, a, b)``.
+    """
+
+    def context(self, prompt: str) -> str:  # type: ignore[override]
+        if not isinstance(prompt, str):
+            raise ValueError(f"RenderedContextFormatter takes rendered context strings, got {type(prompt).__name__}")
+        return prompt
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading and filtering
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def detect_schema(column_names: Sequence[str]) -> str:
+    """``"preference"`` when there are ``chosen`` and ``rejected`` columns (whatever else there is: a ``messages``
+    column beside them, as in ultrafeedback_binarized, is a conversation, not a comparison), else ``"messages"``
+    (RLHFlow comparisons) when there is a ``messages`` column; ``ValueError`` otherwise."""
+    if "chosen" in column_names and "rejected" in column_names:
+        return "preference"
+    if "messages" in column_names:
+        return "messages"
+    raise ValueError(
+        f"expected a `messages` column (RLHFlow comparisons) or `chosen`/`rejected` columns (preference pairs), "
+        f"got columns {sorted(column_names)}"
+    )
+
+
+def parse_comparison(messages: Sequence[dict]) -> tuple[str, str, str, str]:
+    """(context, response A, response B, label) of an RLHFlow comparison row; raises ``RowDropped`` when the row is not
+    ``[user: filled template, assistant: "A"|"B"]`` or the template cannot be split unambiguously.
+
+    The template ends with " \\n"; a user content whose trailing whitespace was stripped (ending in response B's last
+    non-blank character) is read too. Any other deviation from the template drops the row."""
+    if (
+        not isinstance(messages, (list, tuple))
+        or len(messages) != 2
+        or any(not isinstance(m, dict) or not isinstance(m.get("content"), str) for m in messages)
+        or [str(m.get("role", "")).lower() for m in messages] != ["user", "assistant"]
+    ):
+        raise RowDropped("not_a_comparison")
+    content, label = messages[0]["content"], messages[1]["content"].strip()
+    if label not in LABELS or not content.startswith(_HEAD):
+        raise RowDropped("not_a_comparison")
+    if content.endswith(_TAIL):
+        body = content[len(_HEAD) : len(content) - len(_TAIL)]
+    elif content == content.rstrip():  # stripped by some export: the tail was whitespace only
+        body = content[len(_HEAD) :]
+    else:
+        raise RowDropped("not_a_comparison")
+    # A response quoting the markers would make the split ambiguous: such rows are dropped, not guessed.
+    if body.count(_MID_A) != 1 or body.count(_MID_B) != 1 or body.index(_MID_A) > body.index(_MID_B):
+        raise RowDropped("ambiguous_template")
+    context, rest = body.split(_MID_A)
+    response_a, response_b = rest.split(_MID_B)
+    if not response_a.strip() or not response_b.strip():
+        raise RowDropped("empty_turn")
+    return context, response_a, response_b, label
+
+
+def _response_text(value) -> str:
+    """A response given as a string or as a one-message assistant list (TRL's conversational format)."""
+    if isinstance(value, str):
+        return value
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 1
+        and isinstance(value[0], dict)
+        and str(value[0].get("role", "")).lower() == "assistant"
+        and isinstance(value[0].get("content"), str)
+    ):
+        return value[0]["content"]
+    raise RowDropped("not_alternating")
+
+
+def _is_conversation(value) -> bool:
+    """Whether a ``chosen``/``rejected`` value is a whole conversation (a message list opening with a user turn)
+    rather than a response (a string or TRL's one-message assistant list)."""
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and isinstance(value[0], dict)
+        and str(value[0].get("role", "")).lower() == "user"
+    )
+
+
+def _roles_alternate(conversation: Sequence[dict]) -> bool:
+    return all(
+        isinstance(m, dict) and str(m.get("role", "")).lower() == ("user", "assistant")[i % 2]
+        for i, m in enumerate(conversation)
+    )
+
+
+def split_conversations(chosen: Sequence[dict], rejected: Sequence[dict]) -> tuple[list[dict], str, str]:
+    """(context, chosen response, rejected response) of two whole conversations with RLHFlow's filters: each
+    alternates user/assistant turns from a user turn and ends with the assistant's answer, and everything before
+    that answer (the context) is the same in both; raises ``RowDropped`` otherwise."""
+    if not isinstance(chosen, (list, tuple)) or not isinstance(rejected, (list, tuple)):
+        raise RowDropped("not_alternating")
+    if len(chosen) % 2 or len(rejected) % 2 or not chosen:
+        raise RowDropped("not_alternating")
+    if not _roles_alternate(chosen) or not _roles_alternate(rejected):
+        raise RowDropped("not_alternating")
+    if any(not isinstance(m.get("content"), str) for m in [*chosen, *rejected]):
+        raise RowDropped("not_alternating")
+    if len(chosen) != len(rejected) or any(c["content"] != r["content"] for c, r in zip(chosen[:-1], rejected)):
+        raise RowDropped("unequal_context")
+    context = [{"role": m["role"].lower(), "content": m["content"]} for m in chosen[:-1]]
+    return context, chosen[-1]["content"], rejected[-1]["content"]
+
+
+def _prompt_matches(prompt, context: list[dict]) -> bool:
+    """Whether a row's ``prompt`` restates the context of its conversations: the first user turn (a string, as in
+    ultrafeedback_binarized, surrounding whitespace aside) or the whole context (messages)."""
+    if isinstance(prompt, str):
+        return prompt.strip() == context[0]["content"].strip()
+    try:
+        validate_prompt(prompt)
+    except ValueError:
+        return False
+    return [(str(m["role"]).lower(), m["content"]) for m in prompt] == [(m["role"], m["content"]) for m in context]
+
+
+def pair_from_row(row: dict) -> PreferencePair:
+    """A :class:`PreferencePair` from a preference row, with RLHFlow's filters; raises ``RowDropped`` with the reason.
+
+    ``chosen``/``rejected`` are either responses (a string or a one-message assistant list) answering ``prompt``,
+    or whole conversations (:func:`split_conversations`), with or without a ``prompt`` restating them."""
+    chosen, rejected = row["chosen"], row["rejected"]
+    prompt = row.get("prompt")
+    if _is_conversation(chosen) or _is_conversation(rejected):
+        context, chosen, rejected = split_conversations(chosen, rejected)
+        if prompt is not None and not _prompt_matches(prompt, context):
+            raise RowDropped("prompt_mismatch")
+        prompt = context
+    elif prompt is not None:
+        try:
+            validate_prompt(prompt)
+        except ValueError:
+            raise RowDropped("not_alternating") from None
+        chosen, rejected = _response_text(chosen), _response_text(rejected)
+    else:
+        raise RowDropped("not_alternating")  # responses without a prompt to answer
+    turns = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
+    if any(not t.strip() for t in turns) or not chosen.strip() or not rejected.strip():
+        raise RowDropped("empty_turn")
+    if chosen == rejected:
+        raise RowDropped("identical_responses")
+    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def preference_pairs(rows: Iterable[dict], schema: str | None = None) -> tuple[list[PreferencePair], ConversionStats]:
+    """Filtered :class:`PreferencePair` s of ``rows`` (either schema, detected from the first row when ``schema`` is
+    None), and the counts of what was dropped and why."""
+    stats = ConversionStats()
+    pairs: list[PreferencePair] = []
+    for row in rows:
+        if schema is None:
+            schema = detect_schema(list(row))
+        stats.rows += 1
+        try:
+            if schema == "messages":
+                context, response_a, response_b, label = parse_comparison(row["messages"])
+                if response_a == response_b:
+                    raise RowDropped("identical_responses")
+                chosen, rejected = (response_a, response_b) if label == "A" else (response_b, response_a)
+                pairs.append(PreferencePair(prompt=None, chosen=chosen, rejected=rejected, context=context))
+            else:
+                pairs.append(pair_from_row(row))
+        except RowDropped as dropped:
+            stats.dropped[str(dropped)] += 1
+    stats.pairs = len(pairs)
+    return pairs, stats
+
+
+def split_pairs(pairs: Sequence, eval_size: float, seed: int) -> tuple[list, list]:
+    """(train, held out): ``eval_size`` pairs (a fraction if < 1) drawn with ``seed``. Splitting pairs, not
+    comparisons, keeps both orders of a pair on the same side."""
+    if eval_size < 0:
+        raise ValueError(f"`eval_size` must be >= 0, got {eval_size}")
+    count = round(eval_size * len(pairs)) if eval_size < 1 else int(eval_size)
+    if count >= len(pairs) and count > 0:
+        raise ValueError(f"`eval_size`={eval_size} holds out {count} of {len(pairs)} pairs: nothing left to train on")
+    held = set(random.Random(seed).sample(range(len(pairs)), count))
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Comparisons and token labels
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def pair_context(pair: PreferencePair, formatter: PairPreferenceFormatter) -> str:
+    """The rendered context of a pair: as parsed from a comparison row, or the judge's rendering of its prompt."""
+    return pair.context if pair.context is not None else PairPreferenceFormatter.context(formatter, pair.prompt)
+
+
+def comparisons(
+    pairs: Sequence[PreferencePair], formatter: PairPreferenceFormatter, orders: str = "both", seed: int = 0
+) -> list[Comparison]:
+    """Ordered comparisons of ``pairs``: both orders (chosen as A, then chosen as B), or one order per pair drawn
+    with ``seed`` (``orders="random"``, RLHFlow's recipe, made reproducible)."""
+    if orders not in ORDERS:
+        raise ValueError(f"`orders` must be one of {ORDERS}, got {orders!r}")
+    rng = random.Random(seed)
+    out = []
+    for i, pair in enumerate(pairs):
+        context = pair_context(pair, formatter)
+        positions = (0, 1) if orders == "both" else (rng.randrange(2),)
+        for chosen_position in positions:
+            a, b = (pair.chosen, pair.rejected) if chosen_position == 0 else (pair.rejected, pair.chosen)
+            out.append(Comparison(context, a, b, LABELS[chosen_position], i))
+    return out
+
+
+def tokenize_comparison(
+    comparison: Comparison, formatter: RenderedContextFormatter, eot_token_id: int | None = None
+) -> dict[str, list[int] | bool]:
+    """``input_ids`` = the judge's inference ids for the comparison + the label token (+ ``eot_token_id`` if given);
+    ``labels`` = -100 everywhere but those last one or two positions; ``truncated`` = whether the formatter had to
+    cut the comparison to its ``max_length``."""
+    before = formatter.num_truncated
+    prefix = formatter.encode(comparison.context, comparison.response_a, comparison.response_b)
+    label_id = formatter.token_id_a if comparison.label == "A" else formatter.token_id_b
+    target = [label_id] if eot_token_id is None else [label_id, eot_token_id]
+    return {
+        "input_ids": prefix + target,
+        "labels": [IGNORE_INDEX] * len(prefix) + target,
+        "truncated": formatter.num_truncated > before,
+    }
+
+
+def tokenized_dataset(
+    comps: Sequence[Comparison],
+    formatter: RenderedContextFormatter,
+    eot_token_id: int | None = None,
+    num_proc: int | None = None,
+    cache_dir: str | Path | None = None,
+):
+    """A ``datasets.Dataset`` with ``input_ids``/``labels`` (SFTTrainer uses a ``labels`` column as is) and
+    ``truncated``, one row per comparison, in order.
+
+    With ``cache_dir`` the result is written there as an Arrow file named after a fingerprint of its inputs (the
+    comparisons, the tokenizer, ``formatter.max_length``, ``eot_token_id``, the rlhf_pairs version and the source of
+    the tokenization code, so an edited checkout never reads a stale file) and read back
+    instead of recomputed when that file exists: under ``main_process_first`` the other processes of a launch load
+    what the main process built. Without it the dataset stays in memory (``datasets`` caches nothing for a dataset
+    built from Python lists).
+    """
+    import datasets
+    from datasets.fingerprint import Hasher
+
+    from rlhf_pairs import __version__
+
+    table = datasets.Dataset.from_dict(
+        {
+            "context": [c.context for c in comps],
+            "response_a": [c.response_a for c in comps],
+            "response_b": [c.response_b for c in comps],
+            "label": [c.label for c in comps],
+            "pair_index": [c.pair_index for c in comps],
+        }
+    )
+
+    def encode(row: dict) -> dict:
+        return tokenize_comparison(Comparison(**row), formatter, eot_token_id)
+
+    num_proc = num_proc if num_proc and len(comps) >= 1000 * num_proc else None
+    fingerprint = cache_file = None
+    if cache_dir is not None:
+        # Explicit, not datasets' hash of `encode`: the formatter's truncation counter is state that differs between
+        # a process that tokenized and one that loaded, and would change the hash.
+        fingerprint = Hasher.hash(
+            [table._fingerprint, formatter.tokenizer, type(formatter).__qualname__, formatter.max_length]
+            + [eot_token_id, __version__, _tokenization_code()]
+        )
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        cache_file = str(Path(cache_dir) / f"comparisons-{fingerprint}.arrow")
+    return table.map(
+        encode,
+        remove_columns=table.column_names,
+        num_proc=num_proc,
+        desc="Tokenizing comparisons",
+        cache_file_name=cache_file,
+        new_fingerprint=fingerprint,
+        load_from_cache_file=cache_file is not None,
+    )
+
+
+def _tokenization_code() -> str:
+    """The source of the modules that turn a comparison into ids (part of the tokenized-cache fingerprint)."""
+    from rlhf_pairs import tokenization
+    from rlhf_pairs.judges import pair_lm
+
+    return "".join(Path(module.__file__).read_text() for module in (pair_lm, tokenization, sys.modules[__name__]))
