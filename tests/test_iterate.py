@@ -1,10 +1,13 @@
 """The iterative loop: two rounds end to end, kill-and-resume equivalence, 1 vs 2 processes, refusal of changed
-stages, rejection sampling, the LoRA reference, the pair-building rules, checkpoint and stage clean-up, and the
-process group / ZeRO-3 helpers of rlhf_pairs.utils.distributed."""
+stages, the train stage's fingerprint, round metrics sent to the report_to trackers, rejection sampling, the LoRA
+reference, the pair-building rules, checkpoint and stage clean-up, and the process group / ZeRO-3 helpers of
+rlhf_pairs.utils.distributed."""
 
+import dataclasses
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,8 +24,9 @@ from rlhf_pairs.pairs import build_dpo_pairs, build_sft_rows
 from rlhf_pairs.scripts import iterate, run
 from rlhf_pairs.scripts.iterate import make_parser
 from rlhf_pairs.testing_utils import build_tiny_pair_lm
-from rlhf_pairs.trainer.iterative import last_complete_checkpoint, mean_logged_loss, remove_incomplete_checkpoints
+from rlhf_pairs.trainer.iterative_metrics import mean_logged_loss
 from rlhf_pairs.trainer.stages import Stage, StageConfigChanged
+from rlhf_pairs.utils.checkpoints import last_complete_checkpoint, remove_incomplete_checkpoints
 from rlhf_pairs.utils.hashing import derived_seed
 from rlhf_pairs.utils.io import read_jsonl
 
@@ -238,6 +242,103 @@ def test_changed_config_of_a_finished_stage_is_refused_then_redone(inputs, tmp_p
         record(tmp_path / "round_1" / "train")["fingerprint"]["pairs"]
         == Stage(tmp_path, 1, "pairs", record(tmp_path / "round_1" / "pairs")["fingerprint"]).digest
     )
+
+
+def test_train_fingerprint_holds_what_changes_the_result():
+    """A field a future release adds with its default must not make finished runs refuse to resume; result fields
+    change the fingerprint, logging and saving fields do not."""
+    from trl import DPOConfig
+
+    from rlhf_pairs.trainer.iterative_plan import training_fingerprint
+
+    base = {"output_dir": "runs/a", "use_cpu": True, "bf16": False, "seed": 0, "learning_rate": 1e-3, "beta": 0.1}
+    fingerprint = training_fingerprint(DPOConfig(**base))
+    assert fingerprint["learning_rate"] == 1e-3 and "beta" not in fingerprint  # 0.1 is DPOConfig's default
+    future = dataclasses.make_dataclass(
+        "FutureDPOConfig", [("future_option", int, dataclasses.field(default=3))], bases=(DPOConfig,)
+    )
+    assert training_fingerprint(future(**base)) == fingerprint
+    assert training_fingerprint(future(**base, future_option=4)) == {**fingerprint, "future_option": 4}
+    for result in ({"learning_rate": 2e-3}, {"beta": 0.2}):
+        assert training_fingerprint(DPOConfig(**{**base, **result})) != fingerprint, result
+    for logging in ({"logging_steps": 7}, {"report_to": "tensorboard"}, {"output_dir": "runs/b"}, {"save_steps": 3}):
+        assert training_fingerprint(DPOConfig(**{**base, **logging})) == fingerprint, logging
+
+
+class RecordingTracker:
+    """An accelerate tracker (registered under the name ``recording``) that records its calls."""
+
+    name = "recording"
+    requires_logging_directory = False
+    calls: list = []
+
+    def __init__(self, project_name, **kwargs):
+        self.calls.append(("init", project_name))
+
+    def start(self):
+        self.calls.append(("start",))
+
+    def store_init_configuration(self, values):
+        self.calls.append(("config", values))
+
+    def log(self, values, step=None, **kwargs):
+        self.calls.append(("log", step, values))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+def finished_run_without(uninterrupted, tmp_path, *stages):
+    """A copy of the uninterrupted run without round 2's ``stages``: round 1 finished earlier, round 2 finishes now."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    for stage in stages:
+        shutil.rmtree(out / "round_2" / stage)
+    return out
+
+
+def test_round_metrics_go_to_the_report_to_trackers(inputs, uninterrupted, tmp_path, monkeypatch):
+    from accelerate import tracking
+
+    from rlhf_pairs.trainer.iterative_metrics import start_trackers
+
+    monkeypatch.setitem(tracking.LOGGER_TYPE_TO_CLASS, "recording", RecordingTracker)
+    monkeypatch.setattr(RecordingTracker, "calls", [])
+    out = finished_run_without(uninterrupted, tmp_path, "eval")
+    main(args(inputs, out, "--report_to", "recording", "--project", "iterate-test"))
+    calls, metrics = RecordingTracker.calls, read_jsonl(out / "metrics.jsonl")
+    assert [c[0] for c in calls] == ["init", "start", "config", "log", "log", "finish"]
+    assert calls[0] == ("init", "iterate-test") and calls[2][1]["num_candidates"] == 4
+    logged = [c[1:] for c in calls if c[0] == "log"]
+    assert [step for step, _ in logged] == [1, 2]  # the round is the step; round 1 (finished earlier) first
+    for (step, values), row in zip(logged, metrics):
+        # Exactly the row's numbers: no paths (train/policy), no None (train/resumed_from), not the round.
+        assert step == row["round"] and "train/policy" not in values and "train/resumed_from" not in values
+        assert values == {k: v for k, v in row.items() if k != "round" and type(v) in (int, float)}
+        assert values["eval/win_rate"] == row["eval/win_rate"] and values["pairs/kept"] == 4
+    # No tracker for `none` or an empty list; names accelerate has no tracker for are skipped.
+    for report_to in ("none", [], ["azure_ml"]):
+        assert start_trackers(report_to, "p", tmp_path / "runs", {}) == []
+
+
+def test_round_metrics_and_training_curves_in_tensorboard(inputs, uninterrupted, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = finished_run_without(uninterrupted, tmp_path, "train", "eval")
+    main(args(inputs, out, "--report_to", "tensorboard", "--project", "rounds"))
+    rounds = EventAccumulator(str(out / "runs" / "rounds"))
+    rounds.Reload()
+    metrics = read_jsonl(out / "metrics.jsonl")
+    for key in ("eval/win_rate", "pairs/kept", "train/train_loss"):
+        scalars = rounds.Scalars(key)
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx([row[key] for row in metrics], rel=1e-6)
+    # The trainer's own per-step curves of round 2 are kept with the model (train.partial/ is removed).
+    (trainer_run,) = (out / "round_2" / "train" / "runs").iterdir()
+    steps = EventAccumulator(str(trainer_run))
+    steps.Reload()
+    assert [s.step for s in steps.Scalars("train/loss")] == list(range(1, metrics[1]["train/steps"] + 1))
 
 
 def test_rejection_sampling_trains_on_the_best_candidates(inputs, tmp_path):

@@ -14,6 +14,14 @@ from importlib import resources
 from pathlib import Path
 
 RECIPES_PACKAGE = "rlhf_pairs"
+# Judge options renamed to JudgeArguments' names in the rank and eval jobs (deprecated aliases for one release).
+RENAMED_JUDGE_OPTIONS = {
+    "dtype": "judge_dtype",
+    "attn_implementation": "judge_attn_implementation",
+    "temperature": "judge_temperature",
+    "max_length": "judge_max_length",
+    "batch_tokens": "judge_batch_tokens",
+}
 
 
 def recipes_dir() -> Path:
@@ -64,16 +72,67 @@ def resolve_config_argument(argv: list[str], folder: str) -> list[str]:
     return argv
 
 
+def rename_deprecated(argv: list[str], renamed: dict[str, str]) -> tuple[list[str], dict | None]:
+    """``argv`` with deprecated option names (``renamed``: old -> new) replaced, and the ``--config`` YAML's keys
+    renamed the same way (``None`` when it needs no change). Each rename warns once with a ``FutureWarning``."""
+    import warnings
+
+    import yaml
+
+    def new_name(old: str) -> str:
+        warnings.warn(
+            f"`{old}` is deprecated and will be removed in the next release: use `{renamed[old]}`",
+            FutureWarning,
+            stacklevel=4,
+        )
+        return renamed[old]
+
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name.startswith("--") and name[2:] in renamed:
+            arg = f"--{new_name(name[2:])}{sep}{value}"
+        out.append(arg)
+    config = None
+    for i, arg in enumerate(out):
+        path = (
+            out[i + 1]
+            if arg == "--config" and i + 1 < len(out)
+            else arg.partition("=")[2]
+            if arg.startswith("--config=")
+            else None
+        )
+        if path and Path(path).is_file():
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            if isinstance(values, dict) and set(values) & set(renamed):
+                config = {(new_name(k) if k in renamed else k): v for k, v in values.items()}
+    return out, config
+
+
 def parse(module, argv: list[str] | None = None) -> tuple:
     """Parse ``argv`` (default ``sys.argv[1:]``) with the script ``module``'s parser: a ``TrlParser`` reads
-    ``--config`` (a path or a shipped recipe's name) as defaults that flags override. Returns what ``main`` takes."""
+    ``--config`` (a path or a shipped recipe's name) as defaults that flags override. Option names the job renamed
+    (``module.RENAMED``: old -> new) still work, with a ``FutureWarning``. Returns what ``main`` takes."""
+    import tempfile
+
+    import yaml
     from trl import TrlParser
 
     argv = resolve_config_argument(sys.argv[1:] if argv is None else argv, module.RECIPES)
-    parser = module.make_parser(argv=argv) if getattr(module, "PARSER_READS_ARGV", False) else module.make_parser()
-    if isinstance(parser, TrlParser):
-        return tuple(parser.parse_args_and_config(args=argv))
-    return (parser.parse_args(argv),)
+    argv, renamed_config = rename_deprecated(argv, getattr(module, "RENAMED", {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        if renamed_config is not None:  # the recipe with its deprecated keys renamed, parsed in its place
+            config = Path(tmp) / "config.yaml"
+            config.write_text(yaml.safe_dump(renamed_config), encoding="utf-8")
+            argv = [a for a in argv if not a.startswith("--config=")]
+            if "--config" in argv:
+                i = argv.index("--config")
+                del argv[i : i + 2]
+            argv = ["--config", str(config), *argv]
+        parser = module.make_parser(argv=argv) if getattr(module, "PARSER_READS_ARGV", False) else module.make_parser()
+        if isinstance(parser, TrlParser):
+            return tuple(parser.parse_args_and_config(args=argv))
+        return (parser.parse_args(argv),)
 
 
 def run(module, argv: list[str] | None = None):

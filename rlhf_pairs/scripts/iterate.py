@@ -7,20 +7,30 @@
 
 The training fields are TRL's ``DPOConfig`` with ``mode: dpo`` and TRL's ``SFTConfig`` with
 ``mode: rejection_sampling`` (the mode is read from the flags or the ``--config`` YAML before parsing). The loop is
-:class:`rlhf_pairs.trainer.iterative.IterativeLoop`.
+:class:`rlhf_pairs.trainer.iterative.IterativeLoop`. Per-round metrics go to ``<output_dir>/metrics.jsonl`` and to the
+trackers named by ``report_to`` (the round is the step).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+
+from accelerate.logging import get_logger
 
 from rlhf_pairs.configs import IterateConfig, JudgeArguments
 from rlhf_pairs.trainer.iterative import run_loop
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # main process only, unless told otherwise
 
+# Options of the previous release, renamed to the names every job shares (still accepted, with a warning).
+RENAMED = {
+    "dataset": "dataset_name",
+    "dataset_split": "dataset_train_split",
+    "eval_dataset": "eval_dataset_name",
+    "eval_split": "dataset_test_split",
+    "rank_method": "ranking_method",
+}
 RECIPES = "iterative_dpo"
 PARSER_READS_ARGV = True  # the training config's class depends on `mode`
 
@@ -50,10 +60,9 @@ def training_mode(argv: list[str] | None) -> str:
 
 def main(script_args: IterateConfig, judge_args: JudgeArguments, training_args, model_args) -> list[dict]:
     """Run every unfinished stage of every round; returns the per-round metrics."""
-    loop, metrics = run_loop(script_args, judge_args, training_args, model_args)
-    if loop.state.is_main_process:
-        for row in metrics:
-            logger.info("round %s: %s", row["round"], json.dumps({k: v for k, v in row.items() if k != "round"}))
+    _, metrics = run_loop(script_args, judge_args, training_args, model_args)
+    for row in metrics:
+        logger.info("round %s: %s", row["round"], json.dumps({k: v for k, v in row.items() if k != "round"}))
     return metrics
 
 

@@ -13,7 +13,15 @@ import argparse
 
 from rlhf_pairs.configs import JudgeArguments, RankConfig
 from rlhf_pairs.rank_dataset import rank_dataset
+from rlhf_pairs.scripts import RENAMED_JUDGE_OPTIONS
 
+# Options of the previous release, renamed to the names every job shares (still accepted, with a warning).
+RENAMED = {
+    "dataset": "dataset_name",
+    "split": "dataset_train_split",
+    "method": "ranking_method",
+    **RENAMED_JUDGE_OPTIONS,
+}
 RECIPES = "rank"
 
 
