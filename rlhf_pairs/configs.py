@@ -130,8 +130,8 @@ class RankConfig:
 class EvalConfig:
     """The ``eval`` job (parsed with :class:`JudgeArguments`).
 
-    Data: ``dataset_name``, ``dataset_config``, ``dataset_test_split``, ``max_examples``. Output: ``output_dir``.
-    Execution: ``shard_size``.
+    Data: ``dataset_name``, ``dataset_config``, ``dataset_test_split``, ``max_examples``. Output: ``output_dir``,
+    ``overwrite``. Execution: ``shard_size``.
     """
 
     output_dir: str = field(metadata={"help": "Directory for report.json, per_example.jsonl, report.md, sections.png."})
@@ -147,6 +147,7 @@ class EvalConfig:
         default=None, metadata={"help": "Evaluate only the first N rows (smoke runs; RewardBench is sorted by subset)."}
     )
     shard_size: int = field(default=128, metadata={"help": "Pairs per shard (the unit of work per process)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace the report already in `output_dir`."})
 
     def __post_init__(self):
         check_positive(self, "shard_size", "max_examples")

@@ -123,10 +123,27 @@ def _saved_dataset(path: Path, split: str) -> Path | None:
     return next((d for d in (path, path / split) if (d / "dataset_info.json").is_file()), None)
 
 
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
+
+
+def check_local_source(name: str) -> None:
+    """Raise ``FileNotFoundError`` naming ``name`` when it can only mean a local path (a data-file suffix, ``./``,
+    ``../``, ``~`` or an absolute path) and nothing is there; otherwise datasets would report it as a malformed
+    Hub repository id or an unreachable Hub dataset."""
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or path.suffix in LOCAL_SUFFIXES or name.count("/") > 1
+    if looks_local and not path.exists():
+        raise FileNotFoundError(
+            f"dataset {name!r}: no such file or directory (from {Path.cwd()}); give an existing local file "
+            "(.jsonl, .json, .parquet), a save_to_disk directory, or a Hub dataset name such as 'org/name'"
+        )
+
+
 def split_names(name: str, config: str | None = None) -> list[str]:
     """The splits of a datasets-loadable source. A local file or a saved ``Dataset`` is one split, ``"train"``."""
     import datasets
 
+    check_local_source(name)
     path = Path(name)
     if path.is_file() or (path / "dataset_info.json").is_file():
         return ["train"]
@@ -144,6 +161,7 @@ def load_split(name: str, config: str | None = None, split: str = "train"):
     """
     import datasets
 
+    check_local_source(name)
     path = Path(name)
     saved = _saved_dataset(path, split)
     if config is not None and (path.is_file() or saved is not None):
@@ -159,14 +177,18 @@ def load_split(name: str, config: str | None = None, split: str = "train"):
     return datasets.load_dataset(name, config, split=split)
 
 
-def load_rows(name: str, config: str | None = None, split: str = "train") -> list[dict]:
+def load_rows(
+    name: str, config: str | None = None, split: str = "train", line_numbers: list[int] | None = None
+) -> list[dict]:
     """The rows of :func:`load_split` as dicts. A local ``.jsonl`` file is read line by line instead, so a column
-    that mixes strings and message lists (e.g. prompts), which Arrow cannot hold, is kept as it is."""
+    that mixes strings and message lists (e.g. prompts), which Arrow cannot hold, is kept as it is; for it,
+    ``line_numbers`` (when given) receives each row's line in the file, for messages about a row."""
+    check_local_source(name)
     path = Path(name)
     if path.is_file() and path.suffix == ".jsonl":
         if config is not None:
             load_split(name, config, split)  # raises the configuration error
         from rlhf_pairs.utils.io import read_jsonl
 
-        return read_jsonl(path)
+        return read_jsonl(path, line_numbers)
     return load_split(name, config, split).to_list()

@@ -26,6 +26,7 @@ RewardBench conventions, reproduced on purpose:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from statistics import fmean
 
@@ -33,6 +34,8 @@ import torch
 
 from rlhf_pairs.judges.base import PairwiseJudge, check_pair_inputs
 from rlhf_pairs.win_rate import pair_outcome
+
+logger = logging.getLogger(__name__)
 
 # From allenai/reward-bench, rewardbench/constants.py (EXAMPLE_COUNTS, SUBSET_MAPPING), as is. Upstream's weights
 # differ from the actual subset sizes in two places: math-prm (447 rows, weighted 984) and xstest, whose filtered
@@ -111,6 +114,22 @@ def check_rewardbench_rows(rows: Sequence[Mapping], source: str = "dataset") -> 
                 raise ValueError(
                     f"{source}: row {i} column {column!r} must be a string, got {type(row[column]).__name__}"
                 )
+    # Valid but suspicious: said once, with counts, so a wrong file or column mapping does not pass unnoticed.
+    identical = [i for i, row in enumerate(rows) if row["chosen"] == row["rejected"]]
+    if identical:
+        logger.warning(
+            "%s: %d row(s) have chosen == rejected (first: row %d); a judge can only tie on them (0.5 correct)",
+            source,
+            len(identical),
+            identical[0],
+        )
+    unknown = sorted({row["subset"] for row in rows} - set(EXAMPLE_COUNTS))
+    if unknown:
+        logger.warning(
+            "%s: subset(s) %s are not RewardBench's; they are reported on their own and left out of the sections",
+            source,
+            ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""),
+        )
 
 
 def first_position_probabilities(judge: PairwiseJudge, scores: torch.Tensor) -> torch.Tensor | None:

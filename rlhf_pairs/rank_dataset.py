@@ -21,29 +21,53 @@ prompts that are strings in some rows and message lists in others) is refused be
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
+from accelerate.logging import get_logger
+
 from rlhf_pairs.configs import JudgeArguments, RankConfig
-from rlhf_pairs.data_utils import load_rows
-from rlhf_pairs.ranking import rank_candidates_with_stats
+from rlhf_pairs.data_utils import load_rows, validate_prompt
+from rlhf_pairs.ranking import check_probabilities, rank_candidates_with_stats
 from rlhf_pairs.utils.faults import kill_point
-from rlhf_pairs.utils.hashing import sha256_json
-from rlhf_pairs.utils.io import atomic_path, read_jsonl, write_jsonl_atomic
+from rlhf_pairs.utils.io import atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic
+from rlhf_pairs.utils.locking import main_process_lock
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # logs on the main process only (the state exists: process_state() runs first)
 
 
-def _fingerprint(config: RankConfig, judge_args: JudgeArguments, rows: list[dict]) -> dict:
-    """What a shard's content depends on; finished shards are reused only when it matches."""
+def fingerprint(config: RankConfig, judge_args: JudgeArguments) -> dict:
+    """The arguments a shard's content depends on (a local judge path made absolute, so ``judge/``, ``./judge`` and
+    its absolute path are one judge). The input rows are checked shard by shard instead (:func:`_shard_is_current`).
+    """
     keys = ("ranking_method", "seed", "find_worst", "shard_size", "complete_margins")
-    return {
-        **judge_args.result_fields(),
-        **{k: getattr(config, k) for k in keys},
-        "rows": len(rows),
-        "input_sha256": sha256_json(rows),
-    }
+    judge = judge_args.result_fields()
+    if Path(judge["judge"]).exists():
+        judge["judge"] = str(Path(judge["judge"]).resolve())
+    return {**judge, **{k: getattr(config, k) for k in keys}}
+
+
+def changed_keys(recorded: dict, current: dict) -> str:
+    """``key (old -> new)`` for every key whose value differs, comma-separated."""
+    keys = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    return ", ".join(f"{k} ({recorded.get(k)!r} -> {current.get(k)!r})" for k in keys)
+
+
+def check_rank_rows(rows: list[dict], where) -> None:
+    """Raise ``ValueError`` for the first row that cannot be ranked, located by ``where(i)`` (a file line when the
+    input is a local .jsonl file): every row needs ``prompt`` (a string or user/assistant turns ending with a user
+    turn) and ``responses`` (a list of strings). Checked before the first judge call, so a bad last row does not
+    fail a run hours in."""
+    for i, row in enumerate(rows):
+        if "prompt" not in row or "responses" not in row:
+            raise ValueError(f"{where(i)}: a row needs 'prompt' and 'responses' columns, it has {sorted(row)}")
+        validate_prompt(row["prompt"], f"{where(i)}: prompt")
+        responses = row["responses"]
+        if isinstance(responses, str) or not isinstance(responses, list):
+            raise ValueError(f"{where(i)}: 'responses' must be a list of strings, got {type(responses).__name__}")
+        for j, text in enumerate(responses):
+            if not isinstance(text, str):
+                raise ValueError(f"{where(i)}: responses[{j}] must be a string, got {type(text).__name__}")
 
 
 OUTPUT_COLUMNS = ("best", "worst", "scores", "num_comparisons", "margin", "skipped", "chosen", "rejected")
@@ -99,6 +123,7 @@ def rank_rows(judge, rows: list[dict], method: str, seed: int, find_worst: bool,
                 [rows[i]["responses"][results[i].best] for i in missing],
                 [rows[i]["responses"][results[i].worst] for i in missing],
             )
+            margins = check_probabilities(judge, margins, len(missing))
             for i, margin in zip(missing, margins):
                 results[i].margin = margin
                 results[i].num_comparisons += 1
@@ -127,32 +152,59 @@ def rank_rows(judge, rows: list[dict], method: str, seed: int, find_worst: bool,
 def rank_dataset(config: RankConfig, judge_args: JudgeArguments) -> dict:
     """Rank ``config.dataset_name`` into ``config.output`` with the judge of ``judge_args``, sharded over the
     processes of the launch and resumable by shard; returns the summary (on every process)."""
-    from tqdm.auto import tqdm
-
     from rlhf_pairs.utils.distributed import process_state
 
     state = process_state()
-    rows = load_rows(config.dataset_name, config.dataset_config, config.dataset_train_split)
-    if Path(config.output).suffix == ".parquet":
-        check_parquet_writable(rows)  # on every process, before any shard is ranked
-    shard_dir = Path(str(config.output) + ".shards")
-    fingerprint = _fingerprint(config, judge_args, rows)
-    marker = shard_dir / "fingerprint.json"
-    if state.is_main_process:
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        if marker.exists() and json.loads(marker.read_text()) != fingerprint:
-            if not config.overwrite:
-                raise ValueError(
-                    f"{shard_dir} holds shards made with other arguments or input "
-                    f"({json.loads(marker.read_text())}); pass --overwrite to discard them or choose another output"
-                )
-            for stale in shard_dir.glob("shard-*.jsonl"):
-                stale.unlink()
-        marker.write_text(json.dumps(fingerprint, indent=1))
-    state.wait_for_everyone()
+    with main_process_lock(config.output, state):  # one run per output
+        return _rank_locked(config, judge_args, state)
 
+
+def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state) -> dict:
+    from accelerate.utils import tqdm
+
+    # ------------------------------------------------------------------ input, checked whole before any judging
+    lines: list[int] = []
+    rows = load_rows(config.dataset_name, config.dataset_config, config.dataset_train_split, line_numbers=lines)
+    source = config.dataset_name
+
+    def where(i: int) -> str:
+        return f"{source}, line {lines[i]}" if lines else f"{source}, row {i}"
+
+    check_rank_rows(rows, where)
+    if Path(config.output).suffix == ".parquet":
+        check_parquet_writable(rows)
+
+    # ------------------------------------------------------------------ finished shards: reuse what is still valid
+    shard_dir = Path(str(config.output) + ".shards")
+    marker = shard_dir / "fingerprint.json"
+    current = fingerprint(config, judge_args)
     starts = list(range(0, len(rows), config.shard_size))
     shards = [shard_dir / f"shard-{k:05d}.jsonl" for k in range(len(starts))]
+    found = sorted(shard_dir.glob("shard-*.jsonl"))
+    recorded = (
+        json.loads(marker.read_text()) if marker.exists() else ({"unknown": "no fingerprint.json"} if found else None)
+    )
+    if recorded is not None and recorded != current:  # every process decides the same from the same files
+        if not config.overwrite:
+            raise ValueError(
+                f"{shard_dir} holds {len(found)} finished shard(s) made with other arguments (changed: "
+                f"{changed_keys(recorded, current)}); re-run with the original arguments to reuse them, pass "
+                "--overwrite true to discard them, or choose another output"
+            )
+        if state.is_main_process:
+            for path in [*found, marker]:
+                path.unlink(missing_ok=True)
+    elif state.is_main_process:
+        for k, path in enumerate(shards):
+            if path.exists() and not _shard_is_current(path, rows[starts[k] : starts[k] + config.shard_size]):
+                logger.warning("%s: its input rows changed since it was ranked; ranking it again", path.name)
+                path.unlink()
+        for path in found:
+            if path not in shards:
+                path.unlink()  # beyond the input's last shard (the input got shorter)
+    state.wait_for_everyone()
+
+    # ------------------------------------------------------------------ ranking, shard by shard
     mine = [k for k in range(len(starts)) if k % state.num_processes == state.process_index]
     todo = [k for k in mine if not shards[k].exists()]
     if config.max_shards is not None:
@@ -160,7 +212,7 @@ def rank_dataset(config: RankConfig, judge_args: JudgeArguments) -> dict:
     judge = judge_args.load(state.device) if todo else None
     matches = rows_judged = 0
     start = time.perf_counter()
-    for k in tqdm(todo, desc="ranking shards", disable=not state.is_main_process):
+    for k in tqdm(todo, main_process_only=True, desc="ranking shards"):
         if hasattr(judge, "clear_cache"):  # a hit from an earlier shard would make this shard depend on it
             judge.clear_cache()
         shard_rows, stats = rank_rows(
@@ -171,6 +223,8 @@ def rank_dataset(config: RankConfig, judge_args: JudgeArguments) -> dict:
             config.find_worst,
             config.complete_margins,
         )
+        if not marker.exists():  # recorded with the first shard: a failed start leaves nothing to refuse
+            write_json_atomic(marker, current)
         write_jsonl_atomic(shards[k], shard_rows)
         kill_point("shard")
         matches += stats.matches
@@ -178,6 +232,7 @@ def rank_dataset(config: RankConfig, judge_args: JudgeArguments) -> dict:
     elapsed = time.perf_counter() - start
     state.wait_for_everyone()
 
+    # ------------------------------------------------------------------ output, joined in input order
     done = all(shard.exists() for shard in shards)
     summary = {"prompts": len(rows), "shards": len(starts), "complete": done}
     if done:
@@ -193,18 +248,31 @@ def rank_dataset(config: RankConfig, judge_args: JudgeArguments) -> dict:
             _write_output(Path(config.output), ranked)
     summary.update(new_matches_this_process=matches, judge_rows_this_process=rows_judged)
     summary["pairs_per_second"] = matches / elapsed if elapsed > 0 and matches else 0.0
-    if state.is_main_process:
-        logger.info(
-            "rank: %d prompts, %s ranked, %s skipped, %s comparisons over %d process(es), %.1f pairs/s (main process)%s",
-            len(rows),
-            summary.get("ranked", "?"),
-            summary.get("skipped", "?"),
-            summary.get("comparisons", "?"),
-            state.num_processes,
-            summary["pairs_per_second"],
-            "" if done else f"; incomplete, re-run to finish ({config.output})",
-        )
+    logger.info(
+        "rank: %d prompts, %s ranked, %s skipped, %s comparisons over %d process(es), %.1f pairs/s (main process)%s",
+        len(rows),
+        summary.get("ranked", "?"),
+        summary.get("skipped", "?"),
+        summary.get("comparisons", "?"),
+        state.num_processes,
+        summary["pairs_per_second"],
+        "" if done else f"; incomplete, re-run to finish ({config.output})",
+    )
     return summary
+
+
+def _shard_is_current(path: Path, inputs: list[dict]) -> bool:
+    """Whether a finished shard was ranked from exactly ``inputs`` (its rows carry their input columns)."""
+    try:
+        ranked = read_jsonl(path)
+    except ValueError:
+        return False
+    if len(ranked) != len(inputs):
+        return False
+    normal = json.loads(json.dumps(inputs, ensure_ascii=False, default=str))
+    return all(
+        all(out.get(k) == v for k, v in row.items() if k not in OUTPUT_COLUMNS) for out, row in zip(ranked, normal)
+    )
 
 
 def _write_output(path: Path, rows: list[dict]) -> None:

@@ -12,13 +12,18 @@ Knockout (``method="knockout"``), for n candidates:
 - Round 1 pairs the shuffled indices two by two; with n odd the last one gets a bye. In every later round an odd
   entrant out also gets a bye, and a bye holder is put first in the next round so that it plays there.
 - Winners' bracket: the winners advance until one is left, the ``best``: exactly n - 1 matches.
-- Losers' bracket (``find_worst=True``): the round-1 losers, plus the round-1 bye holder when n is odd (it has
-  lost nothing yet, so it may be the worst), play a knockout in which the *loser* advances; the last one left is
-  the ``worst``. That pool has ceil(n/2) entrants, hence ceil(n/2) - 1 more matches. Every candidate outside the
-  pool beat someone in round 1, so for a transitive judge the pool holds the true worst and the bracket finds it.
-  In total n - 1 + ceil(n/2) - 1 = ceil(3n/2) - 2 matches, the known minimum for finding both extremes.
-- Both brackets have ceil(n/2) entrants after round 1, so they run side by side in the same calls:
-  ceil(log2 n) rounds, hence at most ceil(log2 n) ``compare`` calls for the largest n, whatever the number of prompts.
+- Losers' bracket (``find_worst=True``): the round-1 losers play a knockout in which the *loser* advances; the
+  last one left is the ``worst``. With n odd, the round-1 bye holder has lost nothing yet, so it may be the worst:
+  it joins the losers' bracket at its first loss in the winners' bracket (and never, if it wins them all). So every
+  losers' entrant lost a winners' match and the best never did: ``best != worst`` whatever the judge, also a
+  non-transitive one (real judges have preference cycles). Every candidate outside the pool beat someone, so for a
+  transitive judge the pool holds the true worst and the bracket finds it.
+- Matches: n - 1 for the best, plus one fewer than the losers' pool for the worst: ceil(n/2) - 1, or
+  floor(n/2) - 1 when n is odd and the bye holder is the best. In total at most n - 1 + ceil(n/2) - 1 =
+  ceil(3n/2) - 2, the known minimum for finding both extremes.
+- Both brackets run side by side in the same calls: ceil(log2 n) rounds, plus at most one more when the bye holder
+  loses late in the winners' bracket (its losers' match is played in the next round), hence at most
+  ceil(log2 n) + 1 ``compare`` calls for the largest n, whatever the number of prompts.
 
 Round robin (``method="round_robin"``): all n(n-1)/2 pairs in one call; ``scores[i]`` is the mean over j != i of
 P(i beats j); ``best`` is the argmax (ties: lowest index), ``worst`` the argmin (ties: highest index, so best and
@@ -37,6 +42,7 @@ averages both orders gives exactly that). ``num_comparisons`` counts the matches
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -130,7 +136,7 @@ def rank_candidates(
         prompts: one prompt per row, a string or a chat message list ending with a user turn.
         candidates: per prompt, the list of candidate responses (strings). Prompts with fewer than 2 candidates
             are skipped (see :class:`RankingResult`); the others are still ranked in the same batched calls.
-        method: ``"knockout"`` (n - 1 matches for the best, ceil(n/2) - 1 more for the worst) or
+        method: ``"knockout"`` (n - 1 matches for the best, at most ceil(n/2) - 1 more for the worst) or
             ``"round_robin"`` (all n(n-1)/2 pairs, with per-candidate scores).
         seed: seeds the knockout brackets (unused by round robin). Results depend only on (inputs, seed).
         find_worst: knockout only: also run the losers' bracket for the worst candidate.
@@ -185,8 +191,7 @@ def rank_candidates_with_stats(
             probs = judge.compare(
                 [prompts[todo[key]] for key in rows], [key[1] for key in rows], [key[2] for key in rows]
             )
-            _check_probs(probs, len(rows))
-            cache.update(zip(rows, map(float, probs)))
+            cache.update(zip(rows, check_probabilities(judge, probs, len(rows))))
             stats.compare_calls += 1
             stats.rows_judged += len(rows)
 
@@ -207,6 +212,8 @@ def rank_candidates_with_stats(
 def _knockout(order: list[int], find_worst: bool) -> Tournament:
     """Winners' bracket over ``order`` and, alongside it, the losers' bracket (see the module docstring)."""
     winners, losers = list(order), []
+    # The round-1 bye holder (n odd) joins the losers' bracket at its first loss, so it can never be best and worst.
+    late_entrant = order[-1] if find_worst and len(order) % 2 else None
     first_round = True
     while len(winners) > 1 or len(losers) > 1:
         winner_matches, loser_matches = _pair_up(winners), _pair_up(losers)
@@ -216,14 +223,14 @@ def _knockout(order: list[int], find_worst: bool) -> Tournament:
         next_losers = [_loser(a, b, p) for (a, b), p in zip(loser_matches, loser_probs)]
         if first_round and find_worst:
             next_losers = [_loser(a, b, p) for (a, b), p in zip(winner_matches, winner_probs)]
-        # A bye holder goes first in the next round so that it plays there; the round-1 bye holder has lost
-        # nothing, so it enters the losers' bracket too.
+        # A bye holder goes first in the next round so that it plays there.
         if len(winners) % 2:
             next_winners.insert(0, winners[-1])
-            if first_round and find_worst:
-                next_losers.insert(0, winners[-1])
         if len(losers) % 2:
             next_losers.insert(0, losers[-1])
+        if late_entrant is not None and late_entrant not in next_winners:
+            next_losers.insert(0, late_entrant)  # it just lost its first winners' match
+            late_entrant = None
         winners, losers, first_round = next_winners, next_losers, False
     return winners[0], (losers[0] if find_worst else None), None
 
@@ -288,12 +295,23 @@ def _margin(played: dict[Match, float], best: int, worst: int | None) -> float |
     return None
 
 
-def _check_probs(probs: Sequence[float], expected: int) -> None:
+def check_probabilities(judge, probs: Sequence[float], expected: int) -> list[float]:
+    """``probs`` as floats; raises ``ValueError`` naming the judge's class unless ``judge.compare`` returned
+    ``expected`` real numbers in [0, 1] (a string such as "0.7", a bool, NaN or 1.3 is a broken judge)."""
+    name = f"{type(judge).__name__}.compare"
+    if isinstance(probs, (str, bytes)) or not hasattr(probs, "__len__"):
+        raise ValueError(f"`{name}` must return a list of probabilities, got {type(probs).__name__}")
     if len(probs) != expected:
-        raise ValueError(f"`judge.compare` returned {len(probs)} probabilities for {expected} rows")
+        raise ValueError(f"`{name}` returned {len(probs)} probabilities for {expected} rows")
+    out = []
     for row, p in enumerate(probs):
-        if not math.isfinite(float(p)):
-            raise ValueError(f"`judge.compare` returned a non-finite probability ({p}) for row {row}")
+        if isinstance(p, (str, bytes, bool)) or not isinstance(p, numbers.Real):
+            raise ValueError(f"`{name}` returned {p!r} ({type(p).__name__}) for row {row}; expected a float in [0, 1]")
+        value = float(p)
+        if not 0.0 <= value <= 1.0:  # NaN fails this too
+            raise ValueError(f"`{name}` returned {value} for row {row}; expected a probability in [0, 1]")
+        out.append(value)
+    return out
 
 
 def _validate(prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]], method: str) -> None:

@@ -34,7 +34,8 @@ def test_bench_suite_runs_and_matches_the_reference_loops(bench, tmp_path):
             assert methods[name]["pairs_per_s"] > 0 and methods[name]["speedup_vs_card"] > 0
     counts = {(r["n"], r["method"]): r for r in report["tournament"]}
     assert counts[(4, "knockout")]["comparisons_per_prompt"] == 4  # n-1 + ceil(n/2)-1
-    assert counts[(5, "knockout")]["comparisons_per_prompt"] == 6
+    # n = 5: 6 matches, or 5 when the round-1 bye holder is the best (it never enters the losers' bracket).
+    assert 5 <= counts[(5, "knockout")]["comparisons_per_prompt"] <= 6
     assert counts[(5, "round_robin")]["comparisons_per_prompt"] == 10
     assert all(r["counts_ok"] for r in report["tournament"])
     # Every match is judged in both orders: 2 ordered pairs per comparison reach the model (no cache here).

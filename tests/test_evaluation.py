@@ -259,6 +259,29 @@ def test_bad_inputs_raise_clear_errors(tmp_path, tiny_pair_lm_path):
         EvalConfig(output_dir="o", shard_size=0)
 
 
+def test_suspicious_rows_are_reported_once_with_counts(caplog):
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "b", "subset": "alpacaeval-easy"},
+        {"prompt": "p", "chosen": "same", "rejected": "same", "subset": "my-subset"},
+        {"prompt": "p", "chosen": "x", "rejected": "x", "subset": "my-subset"},
+    ]
+    with caplog.at_level("WARNING", logger="rlhf_pairs.evaluation"):
+        check_rewardbench_rows(rows, "mine.jsonl")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("mine.jsonl: 2 row(s) have chosen == rejected (first: row 1)" in m for m in messages)
+    assert any("subset(s) 'my-subset' are not RewardBench's" in m for m in messages)
+
+
+def test_an_existing_report_is_kept_unless_overwrite(eval_file, tmp_path):
+    data, _ = eval_file
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds report.json; pass --overwrite true"):
+        main(eval_args(data, out, "oracle"))  # refused before the judge is even loaded
+    assert (out / "report.json").read_text() == "{}"
+
+
 @pytest.fixture(scope="module")
 def eval_file(tmp_path_factory):
     rows = rewardbench_rows()

@@ -212,3 +212,29 @@ def test_automatic_prefix_sharing_only_where_it_saves_tokens(tiny_pair_lm_path):
     rows = ([long_answers[0]] * 2, [long_answers[1], long_answers[2]], [long_answers[2], long_answers[1]])
     groups, plain = judge._shared_prefix_groups(rows[0], [judge.formatter.encode(*r) for r in zip(*rows)])
     assert groups == [] and sorted(plain) == [0, 1]  # the short shared prefix would not pay for its overhead
+
+
+def test_a_tokenizer_that_cannot_tell_a_from_b_is_refused():
+    """'A' and 'B' both unknown (one id): every P would be 0.5 and eval would report 50% with full consistency."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from rlhf_pairs.judges.pair_lm import PairPreferenceFormatter
+
+    vocab = {"<unk>": 0, "hello": 1, "world": 2}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(ValueError, match=r"maps 'A' to id 0 and 'B' to id 0 \(unknown-token id: 0\)"):
+        PairPreferenceFormatter(tokenizer)
+
+
+def test_a_max_length_that_cannot_hold_the_template_is_refused(tiny_pair_lm_path):
+    for bad in (-5, 0, 3):
+        with pytest.raises(ValueError, match=f"max_length={bad} cannot hold a comparison"):
+            PairPreferenceJudge.from_pretrained(str(tiny_pair_lm_path), device="cpu", max_length=bad)
+    from rlhf_pairs.configs import JudgeArguments
+
+    with pytest.raises(ValueError, match="judge_max_length` must be >= 1, got 0"):
+        JudgeArguments(judge="j", judge_max_length=0)

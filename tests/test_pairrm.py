@@ -265,3 +265,14 @@ def test_attn_implementation_choice(tiny_pairrm_path, judge, reference):
     )
     with pytest.raises(ValueError, match="attn_implementation"):
         PairRMJudge.from_pretrained(str(tiny_pairrm_path), device="cpu", attn_implementation="flash_attention_2")
+
+
+def test_budgets_that_cannot_hold_a_comparison_are_refused(tiny_pairrm_path):
+    from transformers import AutoTokenizer
+
+    from rlhf_pairs.judges.pairrm import PairRMEncoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_pairrm_path))
+    for source, total in ((0, 2048), (-1, 2048), (1224, 1224), (1224, 100)):
+        with pytest.raises(ValueError, match=rf"0 < source_max_length < max_length, got source_max_length={source}"):
+            PairRMEncoder(tokenizer, source_max_length=source, max_length=total)

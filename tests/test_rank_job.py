@@ -3,6 +3,7 @@ parquet output and dataset configurations."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,10 +107,92 @@ def test_changed_arguments_over_finished_shards_are_refused(candidates_file, tin
     data, _ = candidates_file
     out = tmp_path / "ranked.jsonl"
     cli(rank_args(data, out, tiny_pair_lm_path, "--max_shards", "1"))
-    with pytest.raises(ValueError, match="--overwrite"):
+    with pytest.raises(ValueError, match=r"changed: seed \(0 -> 1\)\);.*--overwrite true"):
         cli(rank_args(data, out, tiny_pair_lm_path, "--seed", "1"))
     cli(rank_args(data, out, tiny_pair_lm_path, "--seed", "1", "--overwrite", "true"))
     assert len(read_jsonl(out)) == 9
+
+
+def test_a_failed_start_does_not_block_the_fixed_rerun(candidates_file, tiny_pair_lm_path, tmp_path, monkeypatch):
+    """A typo in the judge path (or a bad row) fails before any shard: the corrected command just runs, and the
+    same judge named by another path (relative, trailing slash) is the same judge."""
+    data, _ = candidates_file
+    out = tmp_path / "ranked.jsonl"
+    with pytest.raises(OSError):
+        cli(rank_args(data, out, tmp_path / "no-such-judge"))
+    assert not (tmp_path / "ranked.jsonl.shards" / "fingerprint.json").exists()
+    cli(rank_args(data, out, tiny_pair_lm_path, "--max_shards", "1"))
+    monkeypatch.chdir(tiny_pair_lm_path.parent)
+    cli(rank_args(data, out, f"{tiny_pair_lm_path.name}/"))  # relative, with a slash: resumes, no refusal
+    assert len(read_jsonl(out)) == 9
+
+
+def test_fixing_a_bad_row_reranks_only_its_shard(tiny_pair_lm_path, tmp_path):
+    """Every row is checked before the first judge call, located by its line in the file; after the fix, the
+    finished shards whose rows did not change are kept and only the changed shard is ranked again."""
+    rows = [{"prompt": f"Say {w}.", "responses": [w, w + " " + w, "no"]} for w in WORDS[:6]]
+    data = tmp_path / "candidates.jsonl"
+    lines = [json.dumps(r) for r in rows]
+    data.write_text("\n".join([*lines[:5], "", json.dumps({"prompt": "Say x.", "responses": ["a", 7]})]) + "\n")
+    out = tmp_path / "ranked.jsonl"
+    with pytest.raises(ValueError, match=r"candidates.jsonl, line 7: responses\[1\] must be a string, got int"):
+        cli(rank_args(data, out, tiny_pair_lm_path))
+    assert not Path(str(out) + ".shards").exists() or not list(Path(str(out) + ".shards").glob("shard-*"))
+    data.write_text("\n".join([*lines[:5], json.dumps({"prompt": "Say x.", "responses": ["a", "7"]})]) + "\n")
+    cli(rank_args(data, out, tiny_pair_lm_path))
+    shards = sorted(Path(str(out) + ".shards").glob("shard-*.jsonl"))
+    stamps = {p.name: p.stat().st_mtime_ns for p in shards}
+    data.write_text("\n".join([*lines[:5], json.dumps({"prompt": "Say y.", "responses": ["b", "8"]})]) + "\n")
+    cli(rank_args(data, out, tiny_pair_lm_path))
+    after = {p.name: p.stat().st_mtime_ns for p in shards}
+    assert [name for name in stamps if after[name] != stamps[name]] == ["shard-00002.jsonl"]
+    assert read_jsonl(out)[-1]["prompt"] == "Say y."
+
+
+def test_bad_jsonl_is_named_by_file_and_line(tiny_pair_lm_path, tmp_path):
+    out = tmp_path / "o.jsonl"
+    cases = {
+        b'{"prompt": "p", "responses": ["a", "b"]}\n{"prompt": "p", "responses": [}\n': r"line 2: invalid JSON",
+        b'{"prompt": "p", "responses": ["a", "b"]}\n["not", "an object"]\n': r"line 2: a JSON list, expected an object",
+        b'{"prompt": "p", "responses": ["a", "\xff"]}\n': r"line 1: not UTF-8 text",
+        b'{"prompt": "p", "responses": ["a", "\\ud800"]}\n': r"line 1: holds a lone surrogate",
+    }
+    for i, (content, message) in enumerate(cases.items()):
+        bad = tmp_path / f"bad{i}.jsonl"
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"bad{i}\.jsonl, {message}"):
+            cli(rank_args(bad, out, tiny_pair_lm_path))
+    with_bom = tmp_path / "bom.jsonl"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "p", "responses": ["a", "b"]}).encode() + b"\n")
+    cli(rank_args(with_bom, out, tiny_pair_lm_path))  # a byte-order mark is fine
+    assert read_jsonl(out)[0]["chosen"] in ("a", "b")
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(candidates_file, tiny_pair_lm_path, tmp_path):
+    """The lock names the holder; it dies with its process, so a killed run's lock is taken over without clean-up."""
+    from rlhf_pairs.utils.locking import OutputLocked, output_lock
+
+    out = tmp_path / "ranked.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom rlhf_pairs.utils.locking import output_lock\n"
+         "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputLocked, match=rf"in use by another run \(pid {holder.pid} on host "):
+            with output_lock(out):
+                pass
+        with pytest.raises(OutputLocked, match=rf"ranked.jsonl is in use by another run \(pid {holder.pid}"):
+            cli(rank_args(candidates_file[0], out, tiny_pair_lm_path))
+        assert not out.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with output_lock(out):  # the dead holder's lock is free again
+        with pytest.raises(OutputLocked):
+            with output_lock(out):  # and held exclusively, also within one process
+                pass
 
 
 def test_two_processes_give_identical_output(candidates_file, tiny_pair_lm_path, tmp_path, launch_two_processes):
@@ -285,3 +368,38 @@ def test_dataset_config_picks_the_configuration(tiny_pair_lm_path, tmp_path):
     assert load_rows(str(local)) == [{"prompt": "a", "responses": ["x"]}]
     with pytest.raises(ValueError, match="'second'.*no configurations"):
         load_rows(str(local), "second")
+
+
+def test_options_of_the_previous_release_still_parse_with_a_warning(tmp_path):
+    from rlhf_pairs.scripts import parse, rank
+
+    old = tmp_path / "old_recipe.yaml"
+    old.write_text("judge: j\nmethod: round_robin\ndtype: float32\ntemperature: 2.0\nshard_size: 3\n")
+    argv = ["--config", str(old), "--dataset", "d.jsonl", "--split=test", "--output", str(tmp_path / "o.jsonl")]
+    with pytest.warns(FutureWarning, match="`method` is deprecated.*`ranking_method`"):
+        config, judge = parse(rank, argv)
+    assert (config.dataset_name, config.dataset_train_split, config.ranking_method, config.shard_size) == (
+        "d.jsonl",
+        "test",
+        "round_robin",
+        3,
+    )
+    assert (judge.judge, judge.judge_dtype, judge.judge_temperature) == ("j", "float32", 2.0)
+    # The new names parse without a warning, and a flag still overrides the (renamed) recipe.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        config, _ = parse(rank, ["--config", "pair_lm_knockout", "--dataset_name", "d.jsonl", "--output", "o.jsonl"])
+    with pytest.warns(FutureWarning):
+        config, _ = parse(rank, [*argv, "--ranking_method", "knockout"])
+    assert config.ranking_method == "knockout"
+
+
+def test_a_missing_local_file_is_named_as_such(tiny_pair_lm_path, tmp_path):
+    """Not datasets' "Repo id must be in the form 'repo_name'" or "Couldn't reach 'nope.jsonl' on the Hub"."""
+    for missing in ("nope.jsonl", str(tmp_path / "data" / "candidates.parquet"), "./prompts"):
+        with pytest.raises(FileNotFoundError, match=rf"dataset '{re.escape(missing)}': no such file or directory"):
+            load_rows(missing)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        cli(rank_args("nope.jsonl", tmp_path / "o.jsonl", tiny_pair_lm_path))

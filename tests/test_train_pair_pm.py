@@ -167,18 +167,21 @@ def test_preference_rows_are_filtered_like_rlhflow_and_counted():
         {"prompt": conv("q"), "chosen": conv("x", "good")[1:], "rejected": conv("x", "bad")[1:]},  # kept, TRL chat
         {"prompt": conv("q", "a"), "chosen": "good", "rejected": "bad"},  # prompt ends with the assistant
         {"prompt": "p", "chosen": "  ", "rejected": "bad"},  # blank response
+        {"prompt": "p", "chosen": None, "rejected": "bad"},  # missing response: not text, not a bad conversation
+        {"prompt": "p", "chosen": "good", "rejected": 3.5},  # a number
     ]
     pairs, stats = preference_pairs(rows)
-    assert stats.rows == 13 and stats.pairs == 4
+    assert stats.rows == 15 and stats.pairs == 4
     assert dict(stats.dropped) == {
         "not_alternating": 3,
         "unequal_context": 2,
         "empty_turn": 3,
         "identical_responses": 1,
+        "not_text": 2,
     }
     assert [p.prompt for p in pairs] == [conv("q"), conv("q", "a", "q2"), "p", conv("q")]
     assert all((p.chosen, p.rejected) == ("good", "bad") for p in pairs)
-    assert "13 rows -> 4 pairs; dropped 9" in stats.summary()
+    assert "15 rows -> 4 pairs; dropped 11" in stats.summary()
 
 
 def test_ultrafeedback_binarized_rows_are_preference_pairs(tokenizer):

@@ -47,6 +47,13 @@ class PairPreferenceFormatter:
                 f"the tokenizer {type(tokenizer).__name__} must encode 'A' and 'B' as single tokens, got {ids}"
             )
         self.token_id_a, self.token_id_b = ids[0][0], ids[1][0]
+        unknown = {tokenizer.unk_token_id} - {None}
+        if self.token_id_a == self.token_id_b or {self.token_id_a, self.token_id_b} & unknown:
+            raise ValueError(
+                f"the tokenizer {type(tokenizer).__name__} maps 'A' to id {self.token_id_a} and 'B' to id "
+                f"{self.token_id_b} (unknown-token id: {tokenizer.unk_token_id}): the judge could not tell the two "
+                "responses apart (P = 0.5 everywhere); use the pair preference LM's own tokenizer"
+            )
         if tokenizer.chat_template is None:
             raise ValueError("the pair preference LM's tokenizer has no chat template to wrap the comparison in")
         self.bos_text = tokenizer.bos_token or ""
@@ -55,6 +62,14 @@ class PairPreferenceFormatter:
             raise ValueError("the tokenizer's chat template must place the user message content exactly once")
         self._chat_prefix, self._chat_suffix = wrapped.split(_SENTINEL)
         self.num_truncated = 0
+        if max_length is not None:
+            # Shorter than the template itself, every sequence would lose its start: refuse instead.
+            floor = len(self._encode_filled(self.context(""), "", ""))
+            if max_length <= floor:
+                raise ValueError(
+                    f"max_length={max_length} cannot hold a comparison: the template alone takes {floor} tokens "
+                    "(empty context and responses); give a larger max_length or None (the model's maximum)"
+                )
 
     def context(self, prompt: Prompt) -> str:
         return self.tokenizer.apply_chat_template(

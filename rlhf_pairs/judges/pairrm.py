@@ -53,6 +53,11 @@ class PairRMEncoder:
     """
 
     def __init__(self, tokenizer, source_max_length: int = SOURCE_MAX_LENGTH, max_length: int = MAX_LENGTH):
+        if not 0 < source_max_length < max_length:
+            raise ValueError(
+                f"PairRM needs 0 < source_max_length < max_length, got source_max_length={source_max_length} and "
+                f"max_length={max_length} (the card's: {SOURCE_MAX_LENGTH} and {MAX_LENGTH})"
+            )
         self.tokenizer = tokenizer
         self.encoder = SafeEncoder(tokenizer)
         self.source_max_length = source_max_length

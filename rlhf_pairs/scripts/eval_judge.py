@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
+
+from accelerate.logging import get_logger
 
 from rlhf_pairs.configs import EvalConfig, JudgeArguments
 from rlhf_pairs.data_utils import load_rows
@@ -44,11 +45,15 @@ from rlhf_pairs.evaluation import (
     format_report,
     score_examples,
 )
+from rlhf_pairs.scripts import RENAMED_JUDGE_OPTIONS
 from rlhf_pairs.utils.io import write_jsonl_atomic, write_text_atomic
+from rlhf_pairs.utils.locking import main_process_lock
 from rlhf_pairs.utils.plotting import write_section_chart
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # logs on the main process only (main() creates the state first)
 
+# Options of the previous release, renamed to the names every job shares (still accepted, with a warning).
+RENAMED = {"dataset": "dataset_name", "split": "dataset_test_split", **RENAMED_JUDGE_OPTIONS}
 RECIPES = "eval"
 REPORT_FILE, EXAMPLES_FILE, TABLE_FILE, CHART_FILE = "report.json", "per_example.jsonl", "report.md", "sections.png"
 
@@ -56,9 +61,6 @@ REPORT_FILE, EXAMPLES_FILE, TABLE_FILE, CHART_FILE = "report.json", "per_example
 def main(config: EvalConfig, judge_args: JudgeArguments) -> dict:
     """Evaluate ``judge_args.judge`` on ``config.dataset_name``; writes the outputs and returns the report (every
     process), with ``pairs_per_second`` and ``output_dir`` added."""
-    from accelerate.utils import gather_object
-    from tqdm.auto import tqdm
-
     from rlhf_pairs.utils.distributed import process_state
 
     state = process_state()
@@ -68,6 +70,17 @@ def main(config: EvalConfig, judge_args: JudgeArguments) -> dict:
     if config.max_examples is not None:
         rows = rows[: config.max_examples]
     check_rewardbench_rows(rows, f"dataset {config.dataset_name!r} (split {config.dataset_test_split!r})")
+    out = Path(config.output_dir)
+    if (out / REPORT_FILE).exists() and not config.overwrite:  # checked before judging, not after
+        raise ValueError(
+            f"{out} already holds {REPORT_FILE}; pass --overwrite true to replace it, or another output_dir"
+        )
+    with main_process_lock(out, state, create_dir=True):  # one run per output_dir; fails now if it cannot be written
+        return _evaluate(config, judge_args, state, rows, out)
+
+
+def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[dict], out: Path) -> dict:
+    from accelerate.utils import gather_object, tqdm
 
     # ------------------------------------------------------------------ judge
     starts = list(range(0, len(rows), config.shard_size))
@@ -79,7 +92,7 @@ def main(config: EvalConfig, judge_args: JudgeArguments) -> dict:
     # ------------------------------------------------------------------ evaluation
     start = time.perf_counter()
     records: list[dict] = []
-    for k in tqdm(mine, desc="judging pairs", unit="shard", disable=not state.is_main_process):
+    for k in tqdm(mine, main_process_only=True, desc="judging pairs", unit="shard"):
         if hasattr(judge, "clear_cache"):  # a shard's scores must not depend on the shards judged before it
             judge.clear_cache()
         records += score_examples(judge, rows[starts[k] : starts[k] + config.shard_size], start_index=starts[k])
@@ -94,28 +107,27 @@ def main(config: EvalConfig, judge_args: JudgeArguments) -> dict:
     report = build_report(records, metadata)
 
     # ------------------------------------------------------------------ save
-    out = Path(config.output_dir)
     if state.is_main_process:
         write_jsonl_atomic(out / EXAMPLES_FILE, records)
         write_text_atomic(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
         write_text_atomic(out / TABLE_FILE, format_report(report))
         write_section_chart(out / CHART_FILE, report)
-        pairs_per_second = len(rows) / elapsed if elapsed > 0 else 0.0
-        logger.info(
-            "eval: %d pairs over %d process(es), accuracy %.2f, %s, score %s, position consistency %s, bias %s, "
-            "%.1f pairs/s -> %s",
-            len(rows),
-            state.num_processes,
-            100 * report["accuracy"],
-            ", ".join(f"{name} {format_percent(report['sections'][name])}" for name in SECTIONS),
-            format_percent(report["score"]),
-            format_percent(report["position"]["consistency"]),
-            "n/a" if report["position"]["bias"] is None else f"{report['position']['bias']:+.4f}",
-            pairs_per_second,
-            out,
-        )
+    pairs_per_second = len(rows) / elapsed if elapsed > 0 else 0.0
+    logger.info(
+        "eval: %d pairs over %d process(es), accuracy %.2f, %s, score %s, position consistency %s, bias %s, "
+        "%.1f pairs/s -> %s",
+        len(rows),
+        state.num_processes,
+        100 * report["accuracy"],
+        ", ".join(f"{name} {format_percent(report['sections'][name])}" for name in SECTIONS),
+        format_percent(report["score"]),
+        format_percent(report["position"]["consistency"]),
+        "n/a" if report["position"]["bias"] is None else f"{report['position']['bias']:+.4f}",
+        pairs_per_second,
+        out,
+    )
     state.wait_for_everyone()
-    return {**report, "pairs_per_second": len(rows) / elapsed if elapsed > 0 else 0.0, "output_dir": str(out)}
+    return {**report, "pairs_per_second": pairs_per_second, "output_dir": str(out)}
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):

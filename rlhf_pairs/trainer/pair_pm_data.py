@@ -156,6 +156,8 @@ def _response_text(value) -> str:
     """A response given as a string or as a one-message assistant list (TRL's conversational format)."""
     if isinstance(value, str):
         return value
+    if value is None or isinstance(value, (int, float, bool)):
+        raise RowDropped("not_text")  # a null or numeric response is missing data, not a malformed conversation
     if (
         isinstance(value, (list, tuple))
         and len(value) == 1

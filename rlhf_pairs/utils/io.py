@@ -53,7 +53,44 @@ def write_json_atomic(path: str | Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False, default=str))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The rows of a JSON-lines file."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+class JsonlError(ValueError):
+    """A JSON-lines file that cannot be read as rows: names the file, the line and what to do."""
+
+
+def read_jsonl(path: str | Path, line_numbers: list[int] | None = None) -> list[dict]:
+    """The rows (JSON objects) of a JSON-lines file; blank lines are skipped and a UTF-8 byte-order mark is allowed.
+
+    ``line_numbers``, when given, receives each row's 1-based line in the file (for messages about a row).
+    Raises :class:`JsonlError` (a ``ValueError``) naming the file and line for bytes that are not UTF-8, invalid
+    JSON, a line that is not an object, or a lone surrogate escape (``"\\ud800"``) that no file can be written with.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise JsonlError(f"{path}, line {line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise JsonlError(
+                f"{path}, line {number}: invalid JSON ({err.msg} at column {err.colno}); each line must hold one "
+                "JSON object"
+            ) from None
+        if not isinstance(row, dict):
+            raise JsonlError(f"{path}, line {number}: a JSON {type(row).__name__}, expected an object ({{...}})")
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JsonlError(
+                f"{path}, line {number}: holds a lone surrogate escape (e.g. \\ud800), which is not text; fix or "
+                "drop that string"
+            ) from None
+        rows.append(row)
+        if line_numbers is not None:
+            line_numbers.append(number)
+    return rows
