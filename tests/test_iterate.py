@@ -8,9 +8,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 import weakref
 from pathlib import Path
 
@@ -360,7 +362,10 @@ def test_bad_configs_name_the_problem(inputs, tmp_path):
         main(args(inputs, tmp_path, "--pair_strategy", "best_of"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": [{"role": "assistant", "content": "hi"}]}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl\[0\]\.prompt"):
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 1: `prompt` must alternate user/assistant turns"):
+        main(args(inputs, tmp_path, "--dataset_name", bad, "--num_eval_prompts", "0", "--prompts_per_round", "1"))
+    bad.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"question": "no prompt"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: no 'prompt' column \(the row has \['question'\]\)"):
         main(args(inputs, tmp_path, "--dataset_name", bad, "--num_eval_prompts", "0", "--prompts_per_round", "1"))
 
 
@@ -558,3 +563,42 @@ def test_process_state_gives_the_process_group_the_timeout(existing_group):
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["DistributedType.MULTI_CPU", "1234.0"]
+
+
+def test_an_interrupt_swallowed_by_a_finaliser_still_stops_the_run(inputs, uninterrupted, tmp_path):
+    """SIGINT delivered where Python drops the exception (inside a finaliser) used to let the run go on to the end.
+    The recorded signal is raised again at the next kill point: the run stops before the next stage, and the same
+    command resumes to the uninterrupted run's candidates."""
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_PAIRS_INTERRUPT_AT": "round_1/generate:shard#1"}
+    env.pop("RLHF_PAIRS_KILL_AT", None)
+    cmd = [sys.executable, "-m", "rlhf_pairs.cli", "iterate", *args(inputs, out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "stopped by SIGINT; re-run the same command to resume" in proc.stderr
+    assert not (out / "round_1" / "generate" / "DONE").exists()
+    assert (out / "round_1" / "generate.partial" / "candidates-00000.jsonl").exists()  # the finished shard stays
+    run_cli(inputs, out, "--rounds", "1")
+    name = "generate/candidates.jsonl"
+    assert (out / "round_1" / name).read_bytes() == (uninterrupted / "round_1" / name).read_bytes()
+
+
+def test_sigterm_stops_the_run_and_a_second_run_is_refused_while_one_lives(inputs, tmp_path):
+    from rlhf_pairs.utils.locking import OutputLocked
+
+    out = tmp_path / "busy"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RLHF_PAIRS_KILL_AT", None)
+    cmd = [sys.executable, "-m", "rlhf_pairs.cli", "iterate", *args(inputs, out)]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = Path(f"{out.resolve()}.lock")
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and str(first.pid) in lock.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with pytest.raises(OutputLocked, match=rf"busy is in use by another run \(pid {first.pid} on host "):
+            main(args(inputs, out))
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 128 + signal.SIGTERM  # promptly, with the conventional exit status
+    finally:
+        first.kill()
+        first.wait()

@@ -48,9 +48,10 @@ from rlhf_pairs.trainer.iterative_metrics import RoundLogger, collect_metrics, s
 from rlhf_pairs.trainer.iterative_plan import load_prompts, plan_stages
 from rlhf_pairs.trainer.round_training import train_round
 from rlhf_pairs.trainer.stages import Stage, StageConfigChanged
-from rlhf_pairs.utils.faults import scope
+from rlhf_pairs.utils.faults import check_stop, scope, stop_on_signals
 from rlhf_pairs.utils.hashing import derived_seed
 from rlhf_pairs.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from rlhf_pairs.utils.locking import main_process_lock
 
 logger = get_logger(__name__)
 
@@ -76,9 +77,14 @@ class IterativeLoop:
     the trainer config fields that differ from their declared defaults, so a run finished before that rule (or
     under another transformers release that changed a default) is refused once as changed.
 
+    **Stopping**: one run per ``output_dir`` (an OS lock on ``<output_dir>.lock`` that names a live holder and dies
+    with it); under :func:`run_loop`, SIGINT/SIGTERM stop the run promptly, also when a finaliser swallowed the
+    interrupt (it is raised again at the next shard, step or stage), and the finished stages stay resumable.
+
     **Raises**: ``ValueError`` for a bad config or dataset (named) or a trainer config of the wrong class for
     ``mode``; :class:`~rlhf_pairs.trainer.stages.StageConfigChanged` for a changed finished stage; ``RuntimeError``
-    when a round keeps no pairs to train on.
+    when a round keeps no pairs to train on; :class:`~rlhf_pairs.utils.locking.OutputLocked` when another run uses
+    ``output_dir``; ``KeyboardInterrupt`` / ``SystemExit`` on SIGINT / SIGTERM.
     """
 
     def __init__(self, config: IterateConfig, judge_args: JudgeArguments, training_args, model_args):
@@ -105,6 +111,9 @@ class IterativeLoop:
         # Processes wait at barriers while rank 0 generates (vLLM) or on uneven shards: a long timeout, not the
         # 30 minutes of `ddp_timeout` the parsed TrainingArguments created the process group with.
         self.state = process_state(max(process_timeout(), self.args.ddp_timeout_delta))
+        # One run per output_dir, for the whole run (released by cleanup, or when the process dies).
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(main_process_lock(self.root, self.state))
         self.round_prompts, self.eval_prompts = load_prompts(self.config)
         self.stages = plan_stages(
             self.root, self.config, self.judge_args, self.args, self.model_args, self.round_prompts, self.eval_prompts
@@ -167,6 +176,7 @@ class IterativeLoop:
         if self.state.is_main_process:  # the rounds a previous run finished, so a tracker run holds them all
             self._log_rounds(collect_metrics(self.stages, self.config.rounds))
         for stage in self.stages:
+            check_stop()  # a SIGINT/SIGTERM that a finaliser swallowed still stops the run here
             if stage.check():
                 logger.info("%s: finished earlier, reused", stage.label)
                 continue
@@ -197,7 +207,11 @@ class IterativeLoop:
         self.round_logger.log(metrics, finished)
 
     def cleanup(self) -> None:
-        self.round_logger.finish()
+        """Finish the trackers, release the output's lock and the devices' memory; safe after a failed setup."""
+        if getattr(self, "round_logger", None) is not None:
+            self.round_logger.finish()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
         clear_device_cache(garbage_collection=True)
 
     # ---- stage 1: generate ----
@@ -345,9 +359,10 @@ def run_loop(
 ) -> tuple[IterativeLoop, list[dict]]:
     """Set up, run and clean up an :class:`IterativeLoop`; returns it (for its process state) and the metrics."""
     loop = IterativeLoop(config, judge_args, training_args, model_args)
-    loop.setup()
-    try:
-        metrics = loop.run()
-    finally:
-        loop.cleanup()
+    with stop_on_signals():  # SIGINT/SIGTERM stop the run for sure; finished stages stay resumable
+        try:
+            loop.setup()
+            metrics = loop.run()
+        finally:
+            loop.cleanup()
     return loop, metrics

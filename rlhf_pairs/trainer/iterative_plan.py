@@ -77,15 +77,21 @@ def load_prompts(config: IterateConfig) -> tuple[list[list], list]:
 
 
 def _prompts(config: IterateConfig, source: str, split: str) -> list:
-    rows = load_rows(source, split=split)
+    lines: list[int] = []
+    rows = load_rows(source, split=split, line_numbers=lines)
     if not rows:
         raise ValueError(f"{source} has no rows")
     column = config.prompt_column
-    if column not in rows[0]:
-        raise ValueError(f"{source} has no {column!r} column (columns: {sorted(rows[0])})")
-    prompts = [row[column] for row in rows]
-    for i, prompt in enumerate(prompts):
-        validate_prompt(prompt, f"{source}[{i}].{column}")
+    prompts = []
+    for i, row in enumerate(rows):
+        where = f"{source}, line {lines[i]}" if lines else f"{source}, row {i}"
+        if column not in row:
+            raise ValueError(f"{where}: no {column!r} column (the row has {sorted(row)}); set `prompt_column`")
+        try:
+            validate_prompt(row[column], column)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        prompts.append(row[column])
     return prompts
 
 

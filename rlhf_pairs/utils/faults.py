@@ -1,8 +1,16 @@
-"""Deterministic kill points, so resume can be tested against real kills (SIGKILL, no clean-up runs).
+"""Stopping a long job: SIGINT/SIGTERM that cannot be lost, and deterministic kill points for resume tests.
 
-Set ``RLHF_PAIRS_KILL_AT="<scope>:<point>[#n]"`` and the process kills itself with SIGKILL the n-th time (default:
-the first) it reaches that point inside that scope, e.g. ``round_2/rank:shard#1`` (after the first ranking shard
-of round 2 is written) or ``round_2/train:step#2``. Unset, :func:`kill_point` costs one dictionary lookup.
+**Stop signals.** Inside :func:`stop_on_signals`, SIGINT and SIGTERM record the signal and raise at once
+(``KeyboardInterrupt``, or ``SystemExit(128 + signum)`` for SIGTERM). Python ignores an exception raised while a
+finaliser (``__del__``, a weakref callback) runs, so an interrupt arriving there would be lost and the run would go
+on; the recorded signal is therefore raised again at the next kill point (every shard, every training step, every
+stage commit). Finished work is committed atomically, so a stopped run resumes like a killed one.
+
+**Kill points.** Set ``RLHF_PAIRS_KILL_AT="<scope>:<point>[#n]"`` and the process kills itself with SIGKILL the n-th
+time (default: the first) it reaches that point inside that scope, e.g. ``round_2/rank:shard#1`` (after the first
+ranking shard of round 2 is written) or ``round_2/train:step#2``. ``RLHF_PAIRS_INTERRUPT_AT`` (same syntax) instead
+delivers a SIGINT there that a finaliser swallows, to test that the run still stops at its next kill point. Unset,
+:func:`kill_point` costs two dictionary lookups.
 """
 
 from __future__ import annotations
@@ -13,8 +21,59 @@ import signal
 from collections import Counter
 
 ENV = "RLHF_PAIRS_KILL_AT"
+INTERRUPT_ENV = "RLHF_PAIRS_INTERRUPT_AT"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _scope = ""
 _reached: Counter = Counter()
+_stop_signal: int | None = None
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: the run stops, its finished work stays resumable."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; re-run the same command to resume")
+        self.signum = signum
+
+
+def _raise_stop(signum: int) -> None:
+    if signum == signal.SIGTERM:
+        raise SystemExit(128 + signum)
+    raise StopRequested(signum)
+
+
+def _on_signal(signum, frame) -> None:
+    global _stop_signal
+    _stop_signal = signum
+    _raise_stop(signum)
+
+
+def check_stop() -> None:
+    """Raise again a stop signal that arrived earlier (and may have been swallowed by a finaliser)."""
+    if _stop_signal is not None:
+        _raise_stop(_stop_signal)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Inside the block, SIGINT and SIGTERM stop the run for sure (see the module docstring). Only the main thread
+    can install signal handlers; elsewhere the block changes nothing."""
+    global _stop_signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    _stop_signal = None
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_signal)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _stop_signal = None
 
 
 @contextlib.contextmanager
@@ -28,14 +87,26 @@ def scope(name: str):
         _scope = previous
 
 
-def kill_point(point: str) -> None:
-    spec = os.environ.get(ENV)
+def _reached_spec(env: str, point: str) -> bool:
+    spec = os.environ.get(env)
     if not spec:
-        return
+        return False
     target, _, nth = spec.partition("#")
     name = f"{_scope}:{point}"
     if name != target:
-        return
-    _reached[name] += 1
-    if _reached[name] == int(nth or 1):
+        return False
+    _reached[env, name] += 1
+    return _reached[env, name] == int(nth or 1)
+
+
+def kill_point(point: str) -> None:
+    """A point where stopping is safe: a pending stop signal is raised here (:func:`check_stop`); in tests, the
+    process is killed (``RLHF_PAIRS_KILL_AT``) or sent a swallowed interrupt (``RLHF_PAIRS_INTERRUPT_AT``)."""
+    check_stop()
+    if _reached_spec(ENV, point):
         os.kill(os.getpid(), signal.SIGKILL)
+    if _reached_spec(INTERRUPT_ENV, point):
+        try:  # what a SIGINT arriving inside a finaliser amounts to: the handler ran, its exception is lost
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
