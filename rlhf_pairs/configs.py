@@ -67,9 +67,13 @@ class JudgeArguments:
         check_positive(self, "judge_max_length", "judge_batch_tokens")
 
     def result_fields(self) -> dict:
-        """The fields that change what the judge says (for fingerprints of finished work)."""
+        """The fields that change what the judge says (for fingerprints of finished work). A local judge path is
+        made absolute, so ``judge/``, ``./judge`` and its absolute path are one judge."""
         keys = ("judge", "judge_type", "judge_dtype", "judge_temperature", "judge_max_length")
-        return {key: getattr(self, key) for key in keys}
+        fields = {key: getattr(self, key) for key in keys}
+        if Path(self.judge).exists():
+            fields["judge"] = str(Path(self.judge).resolve())
+        return fields
 
     def load(self, device=None):
         """The judge, loaded with :func:`rlhf_pairs.judges.load_judge` on ``device``."""

@@ -29,7 +29,7 @@ from accelerate.logging import get_logger
 from rlhf_pairs.configs import JudgeArguments, RankConfig
 from rlhf_pairs.data_utils import load_rows, validate_prompt
 from rlhf_pairs.ranking import check_probabilities, rank_candidates_with_stats
-from rlhf_pairs.utils.faults import kill_point
+from rlhf_pairs.utils.faults import kill_point, stop_on_signals
 from rlhf_pairs.utils.io import atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic
 from rlhf_pairs.utils.locking import main_process_lock
 
@@ -37,14 +37,10 @@ logger = get_logger(__name__)  # logs on the main process only (the state exists
 
 
 def fingerprint(config: RankConfig, judge_args: JudgeArguments) -> dict:
-    """The arguments a shard's content depends on (a local judge path made absolute, so ``judge/``, ``./judge`` and
-    its absolute path are one judge). The input rows are checked shard by shard instead (:func:`_shard_is_current`).
-    """
+    """The arguments a shard's content depends on (a local judge path made absolute by ``result_fields``). The input
+    rows are checked shard by shard instead (:func:`_shard_is_current`)."""
     keys = ("ranking_method", "seed", "find_worst", "shard_size", "complete_margins")
-    judge = judge_args.result_fields()
-    if Path(judge["judge"]).exists():
-        judge["judge"] = str(Path(judge["judge"]).resolve())
-    return {**judge, **{k: getattr(config, k) for k in keys}}
+    return {**judge_args.result_fields(), **{k: getattr(config, k) for k in keys}}
 
 
 def changed_keys(recorded: dict, current: dict) -> str:
@@ -155,7 +151,7 @@ def rank_dataset(config: RankConfig, judge_args: JudgeArguments) -> dict:
     from rlhf_pairs.utils.distributed import process_state
 
     state = process_state()
-    with main_process_lock(config.output, state):  # one run per output
+    with stop_on_signals(), main_process_lock(config.output, state):  # one run per output; Ctrl-C stops for sure
         return _rank_locked(config, judge_args, state)
 
 

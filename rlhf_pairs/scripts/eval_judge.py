@@ -46,6 +46,7 @@ from rlhf_pairs.evaluation import (
     score_examples,
 )
 from rlhf_pairs.scripts import RENAMED_JUDGE_OPTIONS
+from rlhf_pairs.utils.faults import kill_point, stop_on_signals
 from rlhf_pairs.utils.io import write_jsonl_atomic, write_text_atomic
 from rlhf_pairs.utils.locking import main_process_lock
 from rlhf_pairs.utils.plotting import write_section_chart
@@ -75,7 +76,10 @@ def main(config: EvalConfig, judge_args: JudgeArguments) -> dict:
         raise ValueError(
             f"{out} already holds {REPORT_FILE}; pass --overwrite true to replace it, or another output_dir"
         )
-    with main_process_lock(out, state, create_dir=True):  # one run per output_dir; fails now if it cannot be written
+    with (
+        stop_on_signals(),
+        main_process_lock(out, state, create_dir=True),
+    ):  # one run per output_dir; fails now if it cannot be written
         return _evaluate(config, judge_args, state, rows, out)
 
 
@@ -96,6 +100,7 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
         if hasattr(judge, "clear_cache"):  # a shard's scores must not depend on the shards judged before it
             judge.clear_cache()
         records += score_examples(judge, rows[starts[k] : starts[k] + config.shard_size], start_index=starts[k])
+        kill_point("shard")  # a stop signal swallowed by a finaliser is raised here
     records = sorted(gather_object(records), key=lambda r: r["index"])
     elapsed = time.perf_counter() - start
     if [r["index"] for r in records] != list(range(len(rows))):
