@@ -59,12 +59,22 @@ class JudgeArguments:
     judge_temperature: float = field(default=1.0, metadata={"help": "Judge temperature."})
     judge_max_length: int | None = field(default=None, metadata={"help": "Pair LM truncation length (model max)."})
     judge_batch_tokens: int | None = field(default=None, metadata={"help": "Padded tokens per judge batch."})
+    judge_pairrm_format: str = field(
+        default="card",
+        metadata={
+            "help": "PairRM input format: 'card' (the model card's tokenize_pair; tokenize_conv_pair for multi-turn) "
+            "or 'rewardbench' (reward-bench's PairRM pipeline: tokenize_conv_pair for every prompt)."
+        },
+    )
 
     def __post_init__(self):
         check_choice("judge_type", self.judge_type, JUDGE_TYPES)
         if self.judge_temperature <= 0:
             raise ValueError(f"`judge_temperature` must be > 0, got {self.judge_temperature}")
         check_positive(self, "judge_max_length", "judge_batch_tokens")
+        check_choice("judge_pairrm_format", self.judge_pairrm_format, ("card", "rewardbench"))
+        if self.judge_pairrm_format != "card" and self.judge_type != "pairrm":
+            raise ValueError(f"`judge_pairrm_format` applies to judge_type 'pairrm', not {self.judge_type!r}")
 
     def result_fields(self) -> dict:
         """The fields that change what the judge says (for fingerprints of finished work). A local judge path is
@@ -73,6 +83,8 @@ class JudgeArguments:
         fields = {key: getattr(self, key) for key in keys}
         if Path(self.judge).exists():
             fields["judge"] = str(Path(self.judge).resolve())
+        if self.judge_type == "pairrm" and self.judge_pairrm_format != "card":  # absent by default: old runs match
+            fields["judge_pairrm_format"] = self.judge_pairrm_format
         return fields
 
     def load(self, device=None):
@@ -88,6 +100,7 @@ class JudgeArguments:
             temperature=self.judge_temperature,
             max_length=self.judge_max_length,
             batch_tokens=self.judge_batch_tokens,
+            **({"pairrm_format": self.judge_pairrm_format} if self.judge_pairrm_format != "card" else {}),
         )
 
 
@@ -134,8 +147,8 @@ class RankConfig:
 class EvalConfig:
     """The ``eval`` job (parsed with :class:`JudgeArguments`).
 
-    Data: ``dataset_name``, ``dataset_config``, ``dataset_test_split``, ``max_examples``. Output: ``output_dir``,
-    ``overwrite``. Execution: ``shard_size``.
+    Data: ``dataset_name``, ``dataset_config``, ``dataset_test_split``, ``max_examples``. Scoring: ``ties``.
+    Output: ``output_dir``, ``overwrite``. Execution: ``shard_size``.
     """
 
     output_dir: str = field(metadata={"help": "Directory for report.json, per_example.jsonl, report.md, sections.png."})
@@ -152,9 +165,17 @@ class EvalConfig:
     )
     shard_size: int = field(default=128, metadata={"help": "Pairs per shard (the unit of work per process)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace the report already in `output_dir`."})
+    ties: str = field(
+        default="wrong",
+        metadata={
+            "help": "Credit for P(chosen) == 0.5: 'wrong' (RewardBench's pairwise pipelines, run_rm.py and "
+            "slicpairpm.py) or 'half' (its generative script). The report names the rule."
+        },
+    )
 
     def __post_init__(self):
         check_positive(self, "shard_size", "max_examples")
+        check_choice("ties", self.ties, ("wrong", "half"))
 
 
 @dataclass

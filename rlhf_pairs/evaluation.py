@@ -5,22 +5,24 @@ Three layers, each usable alone:
 - :func:`score_examples` asks a judge about ``prompt``/``chosen``/``rejected`` rows and returns one record per row:
   P(chosen is better) (the judge's verdict, both orders combined exactly as ``compare`` does) and, for a
   :class:`PairwiseJudge` whose scores map to probabilities, P(first is better) in each of the two orders.
-- pure metrics over those records: :func:`pair_outcome` (the tie rule, from :mod:`rlhf_pairs.win_rate`),
+- pure metrics over those records: :func:`outcome` (the tie rule of ``ties``, :func:`rlhf_pairs.win_rate.pair_outcome`),
   :func:`subset_metrics`, :func:`section_scores`, :func:`position_metrics`, :func:`length_bias`, all gathered by
   :func:`build_report`;
 - :func:`format_report`: the report as readable Markdown tables.
 
 RewardBench conventions, reproduced on purpose:
 
-- **Ties**: P(chosen) exactly 0.5 counts as half a correct answer, as RewardBench's pair preference model script
-  (``rewardbench/models/pairpm.py``) and generative-judge script (``scripts/run_generative.py``) count them.
-  (Its classifier script, ``scripts/run_rm.py``, counts a tied reward as wrong; a pairwise judge is not a classifier.)
+Checked against the ``rewardbench`` package, version :data:`REWARDBENCH_VERSION` on PyPI (the report records it):
+
+- **Ties** (:data:`TIE_RULES`, chosen with ``ties``): by default P(chosen) exactly 0.5 counts as *wrong*, as
+  RewardBench's pairwise pipelines count it (``scripts/run_rm.py`` with the PairRM pipeline, ``logits > 0``;
+  ``models/slicpairpm.py``, the pair preference model, ``p > 0.5``); ``ties="half"`` gives half a correct answer, as
+  its generative-judge script (``scripts/run_generative.py``) does. The report names the rule it used.
 - **Sections**: a section's score is the mean of its subsets' accuracies weighted by :data:`EXAMPLE_COUNTS`, over the
   subsets present in the data (``calculate_scores_per_section`` in ``rewardbench/utils.py``). The weights are
   upstream's, not always the subsets' sizes in the ``filtered`` split: ``math-prm`` (447 examples) weighs 984
-  (= 6 x 164), as much as the six HumanEvalPack code subsets together, so Reasoning = (math + mean(code)) / 2; and
-  upstream swaps the two xstest sizes (see :data:`EXAMPLE_COUNTS`). We follow upstream so that our section scores
-  equal RewardBench's published ones.
+  (= 6 x 164), as much as the six HumanEvalPack code subsets together, so Reasoning = (math + mean(code)) / 2. We
+  follow upstream so that our section scores equal RewardBench's published ones.
 - **Score**: the mean of the four section scores. Scores here are fractions in [0, 1]; RewardBench prints x100.
 """
 
@@ -56,8 +58,8 @@ EXAMPLE_COUNTS: dict[str, int] = {
     "llmbar-adver-GPTInst": 92,
     "llmbar-adver-GPTOut": 47,
     "llmbar-adver-manual": 46,
-    "xstest-should-refuse": 250,  # 154 rows in the filtered split
-    "xstest-should-respond": 154,  # 250 rows in the filtered split
+    "xstest-should-refuse": 154,  # upstream swapped these two before Sep 2024; 0.1.4 has the subsets' real sizes
+    "xstest-should-respond": 250,
     "donotanswer": 136,
     "hep-cpp": 164,
     "hep-go": 164,
@@ -88,7 +90,20 @@ SUBSET_MAPPING: dict[str, list[str]] = {
 }
 SECTIONS = tuple(SUBSET_MAPPING)
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected", "subset")
-TIE_RULE = "P(chosen) == 0.5 counts as 0.5 correct (RewardBench's pairwise and generative scripts)"
+# The rewardbench release EXAMPLE_COUNTS, SUBSET_MAPPING and the tie rules were checked against.
+REWARDBENCH_VERSION = "0.1.4"
+# ties -> (credit for P(chosen) == 0.5, the rule as the report states it)
+TIE_RULES: dict[str, tuple[float, str]] = {
+    "wrong": (
+        0.0,
+        f"P(chosen) == 0.5 counts as wrong (rewardbench {REWARDBENCH_VERSION} pairwise pipelines: run_rm.py, "
+        "slicpairpm.py)",
+    ),
+    "half": (
+        0.5,
+        f"P(chosen) == 0.5 counts as 0.5 correct (rewardbench {REWARDBENCH_VERSION} generative script)",
+    ),
+}
 NO_POSITION_REASON = (
     "the judge exposes only compare(), or its ordered-pair scores have no known mapping to P(first is better)"
 )
@@ -148,7 +163,12 @@ def first_position_probabilities(judge: PairwiseJudge, scores: torch.Tensor) -> 
     return None
 
 
-def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0) -> list[dict]:
+def outcome(p_chosen: float, ties: str = "wrong") -> float:
+    """1.0 when P(chosen is better) > 0.5, 0.0 when < 0.5, and the ``ties`` rule's credit at exactly 0.5."""
+    return pair_outcome(p_chosen, TIE_RULES[ties][0])
+
+
+def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0, ties: str = "wrong") -> list[dict]:
     """Judge RewardBench rows in one batched judge call; one record per row, in order.
 
     ``judge`` is a :class:`PairwiseJudge` (both orders of every pair are scored by ``score_both_orders``, one
@@ -157,11 +177,13 @@ def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0) -> list
     known).
 
     Each record: ``index`` (``start_index`` + position), ``id`` (the row's, if any), ``subset``, ``p_chosen``
-    (P(chosen is better), both orders combined), ``correct`` (:func:`pair_outcome`), ``p_first_chosen_first`` and
+    (P(chosen is better), both orders combined), ``correct`` (:func:`outcome` under ``ties``), ``p_first_chosen_first`` and
     ``p_first_rejected_first`` (P(first is better) with chosen resp. rejected shown first; ``None`` when unknown),
     ``chosen_chars`` and ``rejected_chars``.
     """
     check_rewardbench_rows(rows, "rows")
+    if ties not in TIE_RULES:
+        raise ValueError(f"`ties` must be one of {tuple(TIE_RULES)}, got {ties!r}")
     prompts = [row["prompt"] for row in rows]
     chosen = [row["chosen"] for row in rows]
     rejected = [row["rejected"] for row in rows]
@@ -187,7 +209,7 @@ def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0) -> list
                 "id": row.get("id"),
                 "subset": row["subset"],
                 "p_chosen": p_chosen[i],
-                "correct": pair_outcome(p_chosen[i]),
+                "correct": outcome(p_chosen[i], ties),
                 "p_first_chosen_first": None if first_probs is None else first_probs[i][0],
                 "p_first_rejected_first": None if first_probs is None else first_probs[i][1],
                 "chosen_chars": len(row["chosen"]),
@@ -230,7 +252,7 @@ def position_metrics(examples: Sequence[Mapping]) -> dict:
 
 
 def subset_metrics(examples: Sequence[Mapping]) -> dict[str, dict]:
-    """Per subset (sorted by name): ``count``, ``accuracy`` (mean :func:`pair_outcome`), ``ties``, and the
+    """Per subset (sorted by name): ``count``, ``accuracy`` (mean ``correct``), ``ties``, and the
     subset's ``position_consistency`` and ``position_bias`` (``None`` when unknown)."""
     by_subset: dict[str, list[Mapping]] = {}
     for e in examples:
@@ -242,7 +264,7 @@ def subset_metrics(examples: Sequence[Mapping]) -> dict[str, dict]:
         out[name] = {
             "count": len(group),
             "accuracy": fmean(e["correct"] for e in group),
-            "ties": sum(e["correct"] == 0.5 for e in group),
+            "ties": sum(e["p_chosen"] == 0.5 for e in group),
             "position_consistency": position["consistency"],
             "position_bias": position["bias"],
         }
@@ -284,11 +306,12 @@ def length_bias(examples: Sequence[Mapping]) -> dict:
     return {"unit": "characters", "chosen_longer": longer, "chosen_shorter": shorter, "equal_length": equal, "gap": gap}
 
 
-def build_report(examples: Sequence[Mapping], metadata: Mapping | None = None) -> dict:
+def build_report(examples: Sequence[Mapping], metadata: Mapping | None = None, ties: str = "wrong") -> dict:
     """The full evaluation report from :func:`score_examples` records (in any number of calls, concatenated).
 
     Keys: ``metadata`` (as given), ``num_examples``, ``accuracy`` (over all examples, unweighted), ``ties``,
-    ``tie_rule``, ``subsets`` (:func:`subset_metrics`), ``unknown_subsets`` (present but in no section: reported
+    ``tie_rule`` (the ``ties`` rule the records were scored with), ``rewardbench_version`` (of the weights and
+    rules), ``subsets`` (:func:`subset_metrics`), ``unknown_subsets`` (present but in no section: reported
     per subset, left out of the sections), ``sections`` (:func:`section_scores`), ``score`` (mean of the sections
     with data; ``score_sections`` names them), ``position`` (:func:`position_metrics`), ``length``
     (:func:`length_bias`). Raises ``ValueError`` for no examples.
@@ -303,8 +326,9 @@ def build_report(examples: Sequence[Mapping], metadata: Mapping | None = None) -
         "metadata": dict(metadata or {}),
         "num_examples": len(examples),
         "accuracy": fmean(e["correct"] for e in examples),
-        "ties": sum(e["correct"] == 0.5 for e in examples),
-        "tie_rule": TIE_RULE,
+        "ties": sum(e["p_chosen"] == 0.5 for e in examples),
+        "tie_rule": TIE_RULES[ties][1],
+        "rewardbench_version": REWARDBENCH_VERSION,
         "subsets": subsets,
         "unknown_subsets": [name for name in subsets if name not in known],
         "sections": sections,

@@ -28,14 +28,15 @@ class WinRate:
     num_prompts: int
 
 
-def pair_outcome(p: float) -> float:
+def pair_outcome(p: float, tie_credit: float = 0.5) -> float:
     """The outcome of one judged pair from P(the first-named response is better): 1.0 when P > 0.5, 0.0 when
-    P < 0.5, and 0.5 for an exact tie (RewardBench's pairwise rule).
+    P < 0.5, and ``tie_credit`` for an exact tie (half a win by default, as win rates count it).
 
-    The one tie rule of the package: win rates (P(completion beats reference)), judge accuracy on preference pairs
-    (P(chosen is better)) and held-out pairwise accuracy all count a pair with it.
+    The one tie rule of the package: win rates (P(completion beats reference)), held-out pairwise accuracy, and judge
+    accuracy on RewardBench (whose pairwise pipelines give a tie no credit: ``evaluation.TIE_RULES``) count a pair
+    with it.
     """
-    return 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
+    return 1.0 if p > 0.5 else tie_credit if p == 0.5 else 0.0
 
 
 def win_rate(judge, prompts: Sequence[Prompt], completions: Sequence[str], references: Sequence[str]) -> WinRate:

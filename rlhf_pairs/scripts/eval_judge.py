@@ -99,7 +99,8 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
     for k in tqdm(mine, main_process_only=True, desc="judging pairs", unit="shard"):
         if hasattr(judge, "clear_cache"):  # a shard's scores must not depend on the shards judged before it
             judge.clear_cache()
-        records += score_examples(judge, rows[starts[k] : starts[k] + config.shard_size], start_index=starts[k])
+        shard = rows[starts[k] : starts[k] + config.shard_size]
+        records += score_examples(judge, shard, start_index=starts[k], ties=config.ties)
         kill_point("shard")  # a stop signal swallowed by a finaliser is raised here
     records = sorted(gather_object(records), key=lambda r: r["index"])
     elapsed = time.perf_counter() - start
@@ -108,8 +109,11 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
     metadata = {
         **judge_args.result_fields(),
         **{k: getattr(config, k) for k in ("dataset_name", "dataset_config", "dataset_test_split", "max_examples")},
+        "ties": config.ties,
     }
-    report = build_report(records, metadata)
+    if judge_args.judge_type == "pairrm":  # which input format the scores belong to (card vs reward-bench's)
+        metadata["judge_pairrm_format"] = judge_args.judge_pairrm_format
+    report = build_report(records, metadata, ties=config.ties)
 
     # ------------------------------------------------------------------ save
     if state.is_main_process:
