@@ -68,7 +68,7 @@ def split_launch_args(argv: list[str], job_flags: set[str]) -> tuple[list[str], 
 
 def job_flags(module) -> set[str]:
     """The option strings the job's own parser knows."""
-    parser = module.make_parser()
+    parser = module.make_parser(prog="rlhf-pairs")
     return {s for action in parser._actions for s in action.option_strings}
 
 
@@ -115,5 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def console_main(argv: list[str] | None = None) -> int:
+    """The ``rlhf-pairs`` command: :func:`main`, with a user error (bad input, file, flag value or configuration) as
+    one line and exit status 1 instead of a traceback (``RLHF_PAIRS_DEBUG=1`` shows it)."""
+    from rlhf_pairs.scripts import report_user_errors
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = f"rlhf-pairs {argv[0]}" if argv and argv[0] in JOBS else "rlhf-pairs"
+    status = 0
+
+    def command():
+        nonlocal status
+        status = main(argv)
+
+    return report_user_errors(command, prog) or status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -1,7 +1,7 @@
 """Launch target for ``accelerate launch scripts/grpo.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
 same script): the job lives in :mod:`rlhf_pairs.scripts.grpo`."""
 
-from rlhf_pairs.scripts import grpo, run
+from rlhf_pairs.scripts import grpo, run_command
 
 if __name__ == "__main__":
-    run(grpo)
+    raise SystemExit(run_command(grpo))

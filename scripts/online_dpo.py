@@ -1,7 +1,7 @@
 """Launch target for ``accelerate launch scripts/online_dpo.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
 same script): the job lives in :mod:`rlhf_pairs.scripts.online_dpo`."""
 
-from rlhf_pairs.scripts import online_dpo, run
+from rlhf_pairs.scripts import online_dpo, run_command
 
 if __name__ == "__main__":
-    run(online_dpo)
+    raise SystemExit(run_command(online_dpo))

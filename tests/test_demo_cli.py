@@ -71,3 +71,39 @@ def test_smollm2_converts_and_judges(tmp_path):
     assert smollm2_checkpoint(tmp_path) == path  # cached
     judge = PairPreferenceJudge.from_pretrained(str(path), device="cpu")
     assert 0.0 < judge.compare(["What is 2 + 2?"], ["4"], ["5"])[0] < 1.0
+
+
+def test_job_help_is_the_jobs_own_options_first(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli(["iterate", "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: rlhf-pairs iterate [--config RECIPE]")
+    assert "--ranking_method (default: knockout)" in text and "--judge_type (default: pair_lm)" in text
+    assert "tiny_cpu_rejection_sampling" in text  # the shipped recipes, by name
+    assert "plus the options of trl.DPOConfig" in text and "rlhf-pairs iterate --help-all" in text
+    assert "--learning_rate" not in text and len(text.splitlines()) < 150
+    with pytest.raises(SystemExit):
+        cli(["iterate", "--help-all"])
+    assert "--learning_rate" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line_and_a_nonzero_status(tmp_path):
+    import subprocess
+    import sys
+
+    def command(*argv, **env):
+        full_env = {**os.environ, **env}
+        full_env.pop("RLHF_PAIRS_DEBUG", None) if not env else None
+        return subprocess.run(
+            [sys.executable, "-m", "rlhf_pairs.cli", *argv], capture_output=True, text=True, env=full_env, cwd=tmp_path
+        )
+
+    bad = command("rank", "--dataset_name", "nope.jsonl", "--output", "o.jsonl", "--judge", "j")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("rlhf-pairs rank: error: dataset 'nope.jsonl': no such file or directory")
+    assert command("eval", "--output_dir", "o", "--judge", "j", "--shard_size", "0").stderr.startswith(
+        "rlhf-pairs eval: error: `shard_size` must be >= 1, got 0"
+    )
+    debug = command("rank", "--dataset_name", "nope.jsonl", "--output", "o.jsonl", "--judge", "j", RLHF_PAIRS_DEBUG="1")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr

@@ -9,6 +9,7 @@ Recipes ship inside the package (``rlhf_pairs/recipes/<job>/*.yaml``, launcher c
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -62,14 +63,22 @@ def accelerate_config_path(value: str) -> str:
 
 
 def resolve_config_argument(argv: list[str], folder: str) -> list[str]:
-    """``argv`` with the value of ``--config`` (``--config X`` or ``--config=X``) resolved by :func:`recipe_path`."""
-    argv = list(argv)
-    for i, arg in enumerate(argv):
+    """``argv`` with ``--config X`` (or ``--config=X``) as ``--config <path>``, the path resolved by
+    :func:`recipe_path` (TRL's parser reads only the two-token form)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
         if arg == "--config" and i + 1 < len(argv):
-            argv[i + 1] = recipe_path(argv[i + 1], folder)
-        elif arg.startswith("--config="):
-            argv[i] = "--config=" + recipe_path(arg.split("=", 1)[1], folder)
-    return argv
+            out += ["--config", recipe_path(argv[i + 1], folder)]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            out += ["--config", recipe_path(arg.split("=", 1)[1], folder)]
+        else:
+            out.append(arg)
+        i += 1
+    return out
 
 
 def rename_deprecated(argv: list[str], renamed: dict[str, str]) -> tuple[list[str], dict | None]:
@@ -95,13 +104,7 @@ def rename_deprecated(argv: list[str], renamed: dict[str, str]) -> tuple[list[st
         out.append(arg)
     config = None
     for i, arg in enumerate(out):
-        path = (
-            out[i + 1]
-            if arg == "--config" and i + 1 < len(out)
-            else arg.partition("=")[2]
-            if arg.startswith("--config=")
-            else None
-        )
+        path = out[i + 1] if arg == "--config" and i + 1 < len(out) else None
         if path and Path(path).is_file():
             values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
             if isinstance(values, dict) and set(values) & set(renamed):
@@ -124,15 +127,66 @@ def parse(module, argv: list[str] | None = None) -> tuple:
         if renamed_config is not None:  # the recipe with its deprecated keys renamed, parsed in its place
             config = Path(tmp) / "config.yaml"
             config.write_text(yaml.safe_dump(renamed_config), encoding="utf-8")
-            argv = [a for a in argv if not a.startswith("--config=")]
             if "--config" in argv:
                 i = argv.index("--config")
                 del argv[i : i + 2]
             argv = ["--config", str(config), *argv]
-        parser = module.make_parser(argv=argv) if getattr(module, "PARSER_READS_ARGV", False) else module.make_parser()
+        kwargs = {"argv": argv} if getattr(module, "PARSER_READS_ARGV", False) else {}
+        parser = module.make_parser(prog=f"rlhf-pairs {job_name(module)}", **kwargs)
+        if isinstance(parser, TrlParser) and ("-h" in argv or "--help" in argv):
+            print(short_help(module, parser))
+            raise SystemExit(0)
+        argv = ["--help" if a == "--help-all" else a for a in argv]
         if isinstance(parser, TrlParser):
             return tuple(parser.parse_args_and_config(args=argv))
         return (parser.parse_args(argv),)
+
+
+def job_name(module) -> str:
+    """The ``rlhf-pairs`` job whose script ``module`` is (e.g. ``rank``)."""
+    from rlhf_pairs.cli import JOBS
+
+    name = module.__name__
+    if name == "__main__":  # run as a file (accelerate launch rlhf_pairs/scripts/<job>.py)
+        name = f"{__name__}.{Path(module.__file__).stem}"
+    return next((job for job, (path, _) in JOBS.items() if path == name), name.rsplit(".", 1)[-1])
+
+
+def short_help(module, parser) -> str:
+    """The job's own options, one group per dataclass of this package, with the library configs (TRL's trainer
+    config, ``ModelConfig``) behind a pointer to ``--help-all``."""
+    import dataclasses
+
+    import re
+
+    def plain(text: str) -> str:  # docstring markup out: ":class:`X`" -> "X", "``x``" -> "x"
+        return re.sub(r":\w+:`~?([^`]*)`", r"\1", text).replace("``", "")
+
+    job = job_name(module)
+    lines = [f"usage: rlhf-pairs {job} [--config RECIPE] [--OPTION VALUE ...]", ""]
+    doc = plain(module.__doc__ or "").strip().splitlines()
+    if doc:
+        lines += [doc[0], ""]
+    lines += [f"--config RECIPE  a YAML file, or a shipped recipe: {', '.join(shipped_recipes(module.RECIPES)) or '-'}"]
+    library = []
+    for cls in parser.dataclass_types:
+        if not cls.__module__.startswith("rlhf_pairs."):
+            library.append(cls)
+            continue
+        summary = " ".join(plain(cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
+        lines += ["", f"{cls.__name__}: {summary}"]
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else "required"
+            lines.append(f"  --{f.name} (default: {default})")
+            lines.append(f"      {f.metadata.get('help', '')}")
+    if library:
+        names = ", ".join(f"{c.__module__.split('.')[0]}.{c.__name__} ({len(dataclasses.fields(c))})" for c in library)
+        lines += ["", f"plus the options of {names}: rlhf-pairs {job} --help-all"]
+    lines += [
+        "",
+        "Flags override the recipe's values. Launch on several processes: --accelerate_config NAME --num_processes N.",
+    ]
+    return "\n".join(lines)
 
 
 def run(module, argv: list[str] | None = None):
@@ -140,3 +194,32 @@ def run(module, argv: list[str] | None = None):
     args = parse(module, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return module.main(*args)
+
+
+DEBUG_ENV = "RLHF_PAIRS_DEBUG"
+
+
+def report_user_errors(fn, prog: str) -> int:
+    """Run ``fn()`` as a command: a user error (a bad input, file, flag value or configuration, another run on the
+    output) prints one line ``<prog>: error: ...`` and returns 1, an interrupt returns 130; with
+    ``RLHF_PAIRS_DEBUG=1`` they raise with their traceback. Bugs (any other exception) always raise."""
+    from rlhf_pairs.utils.locking import OutputLocked
+
+    try:
+        fn()
+        return 0
+    except KeyboardInterrupt as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"{prog}: {err or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, OutputLocked) as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"{prog}: error: {err}\n(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+        return 1
+
+
+def run_command(module, argv: list[str] | None = None) -> int:
+    """:func:`run` as a command (``python scripts/<job>.py``, ``accelerate launch``): user errors as one line."""
+    return report_user_errors(lambda: run(module, argv), f"rlhf-pairs {job_name(module)}")

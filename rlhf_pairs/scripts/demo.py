@@ -186,6 +186,6 @@ def main(args: argparse.Namespace) -> dict:
 if __name__ == "__main__":
     import sys
 
-    from rlhf_pairs.scripts import run
+    from rlhf_pairs.scripts import run_command
 
-    run(sys.modules[__name__])
+    raise SystemExit(run_command(sys.modules[__name__]))

@@ -82,6 +82,6 @@ def make_parser(
 if __name__ == "__main__":
     import sys
 
-    from rlhf_pairs.scripts import run
+    from rlhf_pairs.scripts import run_command
 
-    run(sys.modules[__name__])
+    raise SystemExit(run_command(sys.modules[__name__]))

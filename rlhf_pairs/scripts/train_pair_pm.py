@@ -162,6 +162,6 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
 if __name__ == "__main__":
     import sys
 
-    from rlhf_pairs.scripts import run
+    from rlhf_pairs.scripts import run_command
 
-    run(sys.modules[__name__])
+    raise SystemExit(run_command(sys.modules[__name__]))
