@@ -27,6 +27,7 @@ JOBS = {
     "grpo": ("rlhf_pairs.scripts.grpo", "GRPO (TRL) with pair-judge tournament scores as the reward"),
     "train-pm": ("rlhf_pairs.scripts.train_pair_pm", "train a pair preference LM (RLHFlow recipe, TRL SFTTrainer)"),
     "train-pairrm": ("rlhf_pairs.scripts.train_pairrm", "fine-tune a PairRM pair ranker (logistic loss, both orders)"),
+    "tiny-models": ("rlhf_pairs.scripts.tiny_models", "tiny random models and a sample input per job, to try offline"),
 }
 
 

@@ -156,7 +156,6 @@ def short_help(module, parser) -> str:
     """The job's own options, one group per dataclass of this package, with the library configs (TRL's trainer
     config, ``ModelConfig``) behind a pointer to ``--help-all``."""
     import dataclasses
-
     import re
 
     def plain(text: str) -> str:  # docstring markup out: ":class:`X`" -> "X", "``x``" -> "x"
