@@ -6,6 +6,7 @@ so both report the same number for the same completions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,11 +22,20 @@ class WinRate:
             (TRL's former ``WinRateCallback`` counted the judge's 0/1 decisions; ours are both orders averaged).
         mean_probability: mean P(completion beats reference), a smoother signal than ``win_rate``.
         num_prompts: how many prompts were judged.
+        ci_low, ci_high: the 95% Wilson score interval of ``win_rate`` over ``num_prompts`` prompts: with 8 prompts a
+            win rate of 0.625 is anywhere in [0.31, 0.86], i.e. not distinguishable from 0.5.
     """
 
     win_rate: float
     mean_probability: float
     num_prompts: int
+    ci_low: float = 0.0
+    ci_high: float = 1.0
+
+    @property
+    def different_from_chance(self) -> bool:
+        """Whether the 95% interval excludes 0.5."""
+        return not self.ci_low <= 0.5 <= self.ci_high
 
 
 def pair_outcome(p: float, tie_credit: float = 0.5) -> float:
@@ -56,4 +66,15 @@ def win_rate_from_probabilities(probabilities: Sequence[float]) -> WinRate:
         raise ValueError("no judged pairs: a win rate needs at least one")
     wins = sum(pair_outcome(p) for p in probabilities)
     n = len(probabilities)
-    return WinRate(win_rate=wins / n, mean_probability=sum(probabilities) / n, num_prompts=n)
+    low, high = wilson_interval(wins / n, n)
+    return WinRate(win_rate=wins / n, mean_probability=sum(probabilities) / n, num_prompts=n, ci_low=low, ci_high=high)
+
+
+def wilson_interval(rate: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval (95% for the default ``z``) of a proportion ``rate`` observed over ``n`` trials;
+    well behaved at small ``n`` and at rates of 0 or 1, unlike the normal approximation."""
+    if n <= 0:
+        return 0.0, 1.0
+    center = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, center - half), min(1.0, center + half)

@@ -38,12 +38,20 @@ def test_demo_runs_a_round_of_iterative_dpo(tiny_pair_lm_path, tmp_path, capsys)
     rankings = read_jsonl(out / "round_1" / "rank" / "rankings.jsonl")
     assert [r["prompt"] for r in rankings] == [row["prompt"] for row in read_jsonl(demo_prompts_path())][:4]
     assert len(read_jsonl(out / "round_1" / "pairs" / "pairs.jsonl")) == metrics["pairs/kept"]
-    assert "judge check: prefers the known better answer in" in printed
-    assert "win rate of the new policy vs the previous one on 2 held-out prompts" in printed
-    assert "example pairs" in printed and "files:" in printed
-    # Re-running reuses every finished stage.
+    assert "judge check: prefers the known better answer in" in printed and "95% interval" in printed
+    # The report says only what the numbers support: spreads over steps, the sample size and interval of the win rate.
+    low, high = metrics["eval/ci_low"], metrics["eval/ci_high"]
+    assert low <= metrics["eval/win_rate"] <= high and high - low > 0.5  # 2 prompts: a very wide interval
+    assert f"on 2 held-out prompts, 95% interval [{low:.2f}, {high:.2f}]" in printed
+    assert "not distinguishable from 0.5" in printed
+    assert "loss " in printed and "over 2 steps" in printed and "reward accuracy" in printed
+    if metrics["pairs/identical"]:
+        assert f"(dropped: {metrics['pairs/identical']} identical)" in printed
+    assert "example pairs" in printed and "files:" in printed and "reused from an earlier run" not in printed
+    # Re-running reuses every finished stage, and the report says so.
     assert cli(argv) == 0
     assert read_jsonl(out / "metrics.jsonl") == [metrics]
+    assert "reused from an earlier run (same settings): eval, generate, pairs, rank, train" in capsys.readouterr().out
 
 
 def test_bundled_prompts_are_valid_and_varied():

@@ -58,15 +58,23 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return parser
 
 
-def check_judge(judge_path: str) -> str:
-    """Agreement of the judge with the bundled pairs' known better answers (both orders judged)."""
+def check_judge(judge_path: str) -> tuple[str, bool]:
+    """Agreement of the judge with the bundled pairs' known better answers (both orders judged): the line to print
+    and whether the agreement is distinguishable from chance (its 95% interval excludes 0.5)."""
     from rlhf_pairs.judges.pair_lm import PairPreferenceJudge
+    from rlhf_pairs.win_rate import win_rate_from_probabilities
 
     pairs = load_demo_pairs()
     judge = PairPreferenceJudge.from_pretrained(judge_path)
     probs = judge.compare([p["prompt"] for p in pairs], [p["better"] for p in pairs], [p["worse"] for p in pairs])
-    agree = sum(p > 0.5 for p in probs)
-    return f"judge check: prefers the known better answer in {agree}/{len(pairs)} bundled pairs"
+    agreement = win_rate_from_probabilities(probs)
+    line = (
+        f"judge check: prefers the known better answer in {sum(p > 0.5 for p in probs)}/{len(pairs)} bundled pairs "
+        f"(agreement {agreement.win_rate:.2f}, 95% interval [{agreement.ci_low:.2f}, {agreement.ci_high:.2f}])"
+    )
+    if not agreement.different_from_chance:
+        line += ": not distinguishable from a coin flip, so its rankings below are close to noise"
+    return line, agreement.different_from_chance
 
 
 def iterate_arguments(args: argparse.Namespace, policy: str, judge: str) -> list[str]:
@@ -113,33 +121,67 @@ def _short(text: str, width: int = 100) -> str:
     return textwrap.shorten(" ".join(text.split()), width=width, placeholder=" ...") or "(empty)"
 
 
-def report(root: Path, metrics: list[dict], policy: str, judge: str, seconds: float) -> str:
-    """A short human-readable report of the run: numbers per round and a few example pairs."""
+def _spread(values: list[float]) -> str:
+    """``mean ± std (n)`` of per-step values."""
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return f"{mean:.3f} ± {std:.3f} over {len(values)} steps"
+
+
+def report(
+    root: Path, metrics: list[dict], policy: str, judge: str, seconds: float, started: float | None = None
+) -> str:
+    """The run in words, saying only what the numbers support: per round the candidates and comparisons, the pairs
+    kept and why the others were dropped, DPO loss and reward accuracy as means over steps with their spread, and the
+    win rate with its 95% interval and sample size; a caveat when the judge or the win rate is at chance; which
+    stages a re-run reused (``started``: the run's start, as a Unix time); then a few example pairs."""
+    import json
+
     lines = [f"\nrlhf-pairs demo: iterative DPO with a pair judge, {len(metrics)} round(s) in {seconds / 60:.1f} min"]
     lines.append(f"  policy: {policy}\n  judge:  {judge} (zero-shot pair preference LM, both orders)")
     for m in metrics:
         k = m["round"]
         prompts, comparisons = m.get("generate/prompts", 0), m.get("rank/comparisons", 0)
         lines.append(f"round {k}:")
+        if started is not None:
+            reused = [
+                stage.parent.name
+                for stage in sorted((root / f"round_{k}").glob("*/stage.json"))
+                if stage.stat().st_mtime < started
+            ]
+            if reused:
+                lines.append(f"  reused from an earlier run (same settings): {', '.join(reused)}")
         lines.append(
             f"  generated {m.get('generate/candidates')} candidates for {prompts} prompts; knockout: {comparisons} "
             f"comparisons ({comparisons / max(prompts, 1):.1f} per prompt, both orders each)"
         )
+        dropped = {reason: m.get(f"pairs/{reason}", 0) for reason in ("identical", "below_margin", "not_ranked")}
+        why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in dropped.items() if n)
         margin = m.get("rank/mean_margin")
         lines.append(
-            f"  pairs kept {m.get('pairs/kept')}/{prompts}; mean judge margin P(best beats worst) = "
-            + (f"{margin:.3f}" if margin is not None else "n/a")
-        )
-        if m.get("train/steps") is not None:
-            lines.append(
-                f"  DPO: {m['train/steps']} steps, loss {m['train/first_loss']:.4f} -> {m['train/last_loss']:.4f}, "
-                f"reward accuracy {m.get('train/rewards_accuracy')}"
-            )
+            f"  pairs kept {m.get('pairs/kept')}/{prompts}" + (f" (dropped: {why})" if why else "")
+            + "; mean judge margin P(best beats worst) = " + (f"{margin:.3f}" if margin is not None else "n/a")
+        )  # fmt: skip
+        history_file = root / f"round_{k}" / "train" / "log_history.json"
+        if m.get("train/steps") is not None and history_file.exists():
+            steps = [h for h in json.loads(history_file.read_text()) if "loss" in h]
+            losses = [h["loss"] for h in steps]
+            accuracies = [h["rewards/accuracies"] for h in steps if "rewards/accuracies" in h]
+            lines.append(f"  DPO, {m['train/steps']} steps: loss {_spread(losses)}")
+            if accuracies:
+                lines.append(f"       reward accuracy {_spread(accuracies)} (each step: one small batch)")
         if m.get("eval/win_rate") is not None:
+            n, low, high = m["eval/num_prompts"], m.get("eval/ci_low", 0.0), m.get("eval/ci_high", 1.0)
             lines.append(
-                f"  win rate of the new policy vs the previous one on {m['eval/num_prompts']} held-out prompts: "
-                f"{m['eval/win_rate']:.3f} (mean P {m['eval/mean_probability']:.3f})"
+                f"  win rate of the new policy vs the previous one: {m['eval/win_rate']:.3f} on {n} held-out prompts, "
+                f"95% interval [{low:.2f}, {high:.2f}] (mean P {m['eval/mean_probability']:.3f})"
             )
+            if low <= 0.5 <= high:
+                lines.append("  -> not distinguishable from 0.5: no measurable change at this sample size")
+        if margin is not None and abs(margin - 0.5) < 0.05:
+            lines.append("  -> the judge's margins are close to 0.5: it barely prefers one candidate over another")
     pairs_file = root / f"round_{metrics[-1]['round']}" / "pairs" / "pairs.jsonl" if metrics else None
     if pairs_file and pairs_file.exists():
         from rlhf_pairs.utils.io import read_jsonl
@@ -157,7 +199,7 @@ def report(root: Path, metrics: list[dict], policy: str, judge: str, seconds: fl
 
 def main(args: argparse.Namespace) -> dict:
     """Run the demo with the parsed ``args``; returns the metrics, the time taken and the output directory."""
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
 
     # ---- models ----
     if args.policy is None:
@@ -168,7 +210,7 @@ def main(args: argparse.Namespace) -> dict:
         policy = args.policy
     judge = args.judge or policy
     if args.check_judge:
-        print(check_judge(judge))
+        print(check_judge(judge)[0])
 
     # ---- one or more rounds of the iterate job ----
     from rlhf_pairs.scripts import iterate, parse
@@ -179,7 +221,7 @@ def main(args: argparse.Namespace) -> dict:
     # ---- report ----
     seconds = time.perf_counter() - start
     if loop.state.is_main_process:
-        print(report(Path(args.output_dir), metrics, policy, judge, seconds))
+        print(report(Path(args.output_dir), metrics, policy, judge, seconds, started))
     return {"metrics": metrics, "seconds": seconds, "output_dir": args.output_dir}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rlhf_pairs.trainer.stages import Stage
 from rlhf_pairs.utils.io import write_jsonl_atomic
-from rlhf_pairs.utils.plotting import plot_metrics
+from rlhf_pairs.utils.plotting import plot_rounds
 
 logger = logging.getLogger(__name__)  # only called on the main process
 
@@ -38,10 +38,11 @@ def collect_metrics(stages: list[Stage], rounds: int) -> list[dict]:
 
 
 def write_metrics(root: Path, metrics: list[dict]) -> None:
-    """``<root>/metrics.jsonl`` (one row per round) and, when there is a row, ``<root>/metrics.png``."""
+    """``<root>/metrics.jsonl`` (one row per round) and, when there is a row, ``<root>/metrics.png``
+    (:func:`~rlhf_pairs.utils.plotting.plot_rounds`)."""
     write_jsonl_atomic(root / "metrics.jsonl", metrics)
     if metrics:
-        plot_metrics(metrics, root / "metrics.png")
+        plot_rounds(root, metrics, root / "metrics.png")
 
 
 def numeric_values(row: dict) -> dict[str, float | int]:

@@ -22,25 +22,61 @@ def _save(fig, path: str | Path, **kwargs) -> None:
         fig.savefig(tmp, format="png", **kwargs)
 
 
-PLOTTED = (
-    ("pairs/kept", "pairs kept"),
-    ("rank/mean_margin", "judge margin P(best > worst)"),
-    ("train/train_loss", "training loss"),
-    ("eval/win_rate", "win rate vs previous policy"),
-)
+def plot_rounds(root: str | Path, metrics: list[dict], path: str | Path) -> None:
+    """The iterative loop's PNG, from the rounds' own files under ``root``: per-step training loss and DPO reward
+    accuracy (every round, end to end, a dotted line where a round starts), the distribution of the judge's margin
+    P(best beats worst) per round, and the win rate per round with its 95% interval and the 0.5 line. Written
+    atomically; a panel without data says so instead of drawing a lone dot."""
+    import json
 
-
-def plot_metrics(metrics: list[dict], path: Path) -> None:
-    """A 2x2 PNG of pairs kept, judge margin, training loss and win rate across rounds, written atomically."""
-    fig = _figure(figsize=(9, 6), layout="constrained")
-    axes = fig.subplots(2, 2)
-    for ax, (key, title) in zip(axes.flat, PLOTTED):
-        points = [(m["round"], m[key]) for m in metrics if m.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), marker="o")
+    root = Path(root)
+    fig = _figure(figsize=(10, 7), layout="constrained")
+    (loss_ax, acc_ax), (margin_ax, win_ax) = fig.subplots(2, 2)
+    offset = 0
+    for m in metrics:
+        history_file = root / f"round_{m['round']}" / "train" / "log_history.json"
+        history = json.loads(history_file.read_text()) if history_file.exists() else []
+        steps = [h for h in history if "loss" in h]
+        if steps:
+            for ax, key in ((loss_ax, "loss"), (acc_ax, "rewards/accuracies")):
+                points = [(offset + h["step"], h[key]) for h in steps if key in h]
+                if points:
+                    ax.plot(*zip(*points), marker=".", label=f"round {m['round']}")
+                ax.axvline(offset + 0.5, color="grey", linestyle=":", linewidth=0.8)
+            offset += max(h["step"] for h in steps)
+    for ax, title in ((loss_ax, "training loss per step"), (acc_ax, "DPO reward accuracy per step")):
         ax.set_title(title)
-        ax.set_xlabel("round")
-        ax.set_xticks([m["round"] for m in metrics])
+        ax.set_xlabel("step (all rounds)")
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    acc_ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    for m in metrics:
+        rankings = root / f"round_{m['round']}" / "rank" / "rankings.jsonl"
+        if rankings.exists():
+            rows = [json.loads(line) for line in rankings.read_text().splitlines() if line.strip()]
+            margins = [r["margin"] for r in rows if r.get("margin") is not None]
+            if margins:
+                margin_ax.hist(margins, bins=20, range=(0, 1), histtype="step", label=f"round {m['round']}")
+    margin_ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    margin_ax.set_title("judge margin P(best beats worst), per prompt")
+    margin_ax.set_xlabel("P")
+    rounds = [m for m in metrics if m.get("eval/win_rate") is not None]
+    if rounds:
+        x = [m["round"] for m in rounds]
+        y = [m["eval/win_rate"] for m in rounds]
+        low = [m["eval/win_rate"] - m.get("eval/ci_low", m["eval/win_rate"]) for m in rounds]
+        high = [m.get("eval/ci_high", m["eval/win_rate"]) - m["eval/win_rate"] for m in rounds]
+        win_ax.errorbar(x, y, yerr=[low, high], marker="o", capsize=4)
+        win_ax.set_xticks(x)
+    else:
+        win_ax.text(0.5, 0.5, "no eval stage", ha="center", va="center", transform=win_ax.transAxes)
+    win_ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    win_ax.set_ylim(0, 1)
+    win_ax.set_title("win rate vs previous policy (95% interval)")
+    win_ax.set_xlabel("round")
+    for ax in (loss_ax, acc_ax, margin_ax):
+        if len(ax.get_legend_handles_labels()[0]) > 1:
+            ax.legend(fontsize=8)
     _save(fig, path, dpi=80)
 
 
