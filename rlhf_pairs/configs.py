@@ -108,8 +108,9 @@ class JudgeArguments:
 class RankConfig:
     """The ``rank`` job (parsed with :class:`JudgeArguments`).
 
-    Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``output``. Ranking: ``ranking_method``,
-    ``seed``, ``find_worst``, ``complete_margins``. Execution: ``shard_size``, ``max_shards``, ``overwrite``.
+    Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``output``, ``system_message``. Ranking:
+    ``ranking_method``, ``seed``, ``find_worst``, ``complete_margins``. Execution: ``shard_size``, ``max_shards``,
+    ``overwrite``.
     """
 
     dataset_name: str = field(
@@ -128,6 +129,13 @@ class RankConfig:
         default=None, metadata={"help": "Stop after ranking this many new shards (time-boxed runs); re-run to go on."}
     )
     overwrite: bool = field(default=False, metadata={"help": "Discard finished shards made with other arguments."})
+    system_message: str = field(
+        default="merge",
+        metadata={
+            "help": f"Leading system turns of message prompts, for the judge: one of {SYSTEM_MESSAGE_MODES} (merge "
+            "into the first user turn; error refuses the row). The output keeps the prompt as given."
+        },
+    )
     complete_margins: bool = field(
         default=False,
         metadata={
@@ -138,6 +146,7 @@ class RankConfig:
 
     def __post_init__(self):
         check_choice("ranking_method", self.ranking_method, METHODS)
+        check_choice("system_message", self.system_message, SYSTEM_MESSAGE_MODES)
         check_positive(self, "shard_size", "max_shards")
         if Path(self.output).suffix not in (".jsonl", ".parquet"):
             raise ValueError(f"`output` must end with .jsonl or .parquet, got {self.output!r}")
@@ -183,7 +192,7 @@ class IterateConfig:
     """The ``iterate`` job (parsed with :class:`JudgeArguments`, TRL's ``DPOConfig`` -- ``SFTConfig`` with
     ``mode: rejection_sampling`` -- and ``ModelConfig``).
 
-    Data: ``dataset_name``, ``dataset_train_split``, ``prompt_column``, ``prompts_per_round``,
+    Data: ``dataset_name``, ``dataset_train_split``, ``prompt_column``, ``system_message``, ``prompts_per_round``,
     ``eval_dataset_name``, ``dataset_test_split``, ``num_eval_prompts``. Generation: ``num_candidates``,
     ``generation_*``, ``max_new_tokens``, ``shard_size``, ``vllm_*``. Ranking: ``ranking_method``. Pairs and training:
     ``mode``, ``pair_strategy``, ``min_margin``, ``reference``. Evaluation: ``eval_max_new_tokens``,
@@ -201,6 +210,13 @@ class IterateConfig:
     rounds: int = field(default=3, metadata={"help": "Number of rounds."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split of `dataset_name`."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt (str or messages)."})
+    system_message: str = field(
+        default="merge",
+        metadata={
+            "help": f"Leading system turns of message prompts, for the judge: one of {SYSTEM_MESSAGE_MODES} (merge "
+            "into the first user turn; error refuses the prompt). The policy always sees them."
+        },
+    )
     prompts_per_round: int | None = field(
         default=None,
         metadata={
@@ -257,6 +273,7 @@ class IterateConfig:
             ("pair_strategy", PAIR_STRATEGIES),
             ("reference", REFERENCES),
             ("generation_backend", BACKENDS),
+            ("system_message", SYSTEM_MESSAGE_MODES),
         ):
             check_choice(name, getattr(self, name), allowed)
         check_positive(self, "rounds", "shard_size", "generation_batch_size", "max_new_tokens", "eval_max_new_tokens")
@@ -296,7 +313,10 @@ class OnlineConfig:
     ranking_seed: int = field(default=0, metadata={"help": "Knockout bracket seed."})
     system_message: str = field(
         default="merge",
-        metadata={"help": f"Leading system messages for the judge, one of {SYSTEM_MESSAGE_MODES}."},
+        metadata={
+            "help": f"Leading system turns of message prompts, for the judge: one of {SYSTEM_MESSAGE_MODES} (merge "
+            "into the first user turn; error refuses the prompt). The policy always sees them."
+        },
     )
     win_rate_prompts: int = field(
         default=0, metadata={"help": "Prompts for the win-rate callback (vs. the initial policy); 0 disables it."}

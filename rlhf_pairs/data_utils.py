@@ -1,8 +1,12 @@
-"""Data helpers below the judges: prompts as strings or chat messages (validated once), the text of TRL
-completions and messages, and the one loader of datasets-loadable sources (Hub names, local files, saved datasets)."""
+"""Data helpers below the judges: prompts as strings or chat messages (validated once), what a judge reads of a
+prompt (system turns, chat strings already rendered with a template), the text of TRL completions and messages, and
+the one loader of datasets-loadable sources (Hub names, local files, saved datasets, RLHFlow's older LMFlow files)."""
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +118,169 @@ def judge_prompt(prompt: Prompt, system_message: str = "merge") -> Prompt:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Chat strings already rendered with a chat template (RLHFlow's older generation files)
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Per recognised template: (text that may lead the string, one turn with its role and content, the generation prompt
+# that may end it). Contents are non-greedy up to the turn's end token, so a turn cannot swallow the next one.
+RENDERED_CHAT_TEMPLATES = {
+    "llama-3": (
+        "<|begin_of_text|>",
+        re.compile(r"<\|start_header_id\|>(\w+)<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S),
+        re.compile(r"<\|start_header_id\|>assistant<\|end_header_id\|>\s*"),
+    ),
+    "chatml": (
+        "",
+        re.compile(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>", re.S),
+        re.compile(r"<\|im_start\|>assistant\s*"),
+    ),
+    "gemma": (
+        "<bos>",
+        re.compile(r"<start_of_turn>(\w+)\n(.*?)<end_of_turn>", re.S),
+        re.compile(r"<start_of_turn>model\s*"),
+    ),
+}
+# Turn openers of chat templates: a prompt string holding one was most likely rendered with a template.
+RENDERED_CHAT_MARKERS = (
+    "<|start_header_id|>",
+    "<|im_start|>",
+    "<start_of_turn>",
+    "[INST]",
+    "<|user|>",
+    "GPT4 Correct User:",
+)
+_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "model": "assistant"}
+
+
+def looks_rendered(text: str) -> bool:
+    """Whether a prompt string holds a chat template's turn opener (:data:`RENDERED_CHAT_MARKERS`)."""
+    return any(marker in text for marker in RENDERED_CHAT_MARKERS)
+
+
+def parse_rendered_chat(text: str) -> tuple[list[Message], str] | None:
+    """(messages, template name) of a string that is a whole conversation rendered with a recognised chat template
+    (:data:`RENDERED_CHAT_TEMPLATES`: Llama-3, ChatML, Gemma), else ``None``.
+
+    The string must be nothing but the template's turns (whitespace between turns allowed), optionally led by its
+    BOS text and ended by its generation prompt, with system turns first, then user/assistant turns alternating from
+    a user turn to a final user turn (what a generation prompt was rendered from). Gemma's ``model`` role becomes
+    ``assistant``.
+    """
+    stripped = text.lstrip()
+    for name, (bos, turn, generation_prompt) in RENDERED_CHAT_TEMPLATES.items():
+        rest = stripped[len(bos) :] if bos and stripped.startswith(bos) else stripped
+        messages, pos = [], 0
+        while match := turn.match(rest, pos):
+            role = _ROLES.get(match.group(1).lower())
+            if role is None:
+                break
+            messages.append({"role": role, "content": match.group(2)})
+            pos = match.end()
+            while pos < len(rest) and rest[pos].isspace():
+                pos += 1
+        else:
+            ending = generation_prompt.match(rest, pos)
+            if ending is not None:
+                pos = ending.end()
+            if messages and not rest[pos:].strip() and _is_conversation(messages):
+                return messages, name
+    return None
+
+
+def _is_conversation(messages: list[Message]) -> bool:
+    """System turns first, then user/assistant alternating from a user turn to a final user turn."""
+    roles = [m["role"] for m in messages]
+    while roles and roles[0] == "system":
+        roles.pop(0)
+    return (
+        bool(roles)
+        and len(roles) % 2 == 1
+        and all(r == ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles))
+    )
+
+
+# What preparing a prompt for the judge did to it (counted by the jobs, reported in their summaries).
+PROMPT_NOTES = ("system_merged", "system_dropped", "rendered_chat_parsed", "rendered_chat_unparsed")
+
+
+def prepare_prompt(
+    prompt: Prompt, system_message: str = "merge", name: str = "prompt"
+) -> tuple[Prompt, Prompt, list[str]]:
+    """The one rule every job applies to a dataset's prompt: returns (conversation, judge prompt, notes).
+
+    - A string already rendered with a chat template (:func:`parse_rendered_chat`) becomes its messages, note
+      ``"rendered_chat_parsed"``; a string that holds a template's turn opener in a template that is not recognised
+      stays text, note ``"rendered_chat_unparsed"`` (the judge reads the template's tokens as plain text).
+    - The conversation (the parsed messages, else ``prompt`` as given, system turns included) is what a policy
+      renders with its own chat template.
+    - The judge prompt is :func:`judge_prompt` of the conversation under ``system_message`` (note
+      ``"system_merged"`` or ``"system_dropped"`` when it had leading system turns), validated with
+      :func:`validate_prompt`.
+
+    Raises ``ValueError`` naming ``name``: a prompt that is neither a string nor a list of role/content messages, a
+    system turn with ``system_message="error"``, or a conversation the judge cannot read (see
+    :func:`validate_prompt`).
+    """
+    notes = []
+    conversation = prompt
+    if isinstance(prompt, str):
+        if looks_rendered(prompt):
+            parsed = parse_rendered_chat(prompt)
+            if parsed is None:
+                notes.append("rendered_chat_unparsed")
+            else:
+                conversation = parsed[0]
+                notes.append("rendered_chat_parsed")
+    elif not isinstance(prompt, (list, tuple)) or not prompt:
+        raise ValueError(f"`{name}` must be a string or a non-empty list of chat messages, got {prompt!r:.80}")
+    else:
+        for i, message in enumerate(prompt):
+            if not isinstance(message, dict) or "role" not in message or "content" not in message:
+                raise ValueError(f"`{name}[{i}]` must be a dict with 'role' and 'content', got {message!r:.80}")
+    if system_message not in SYSTEM_MESSAGE_MODES:
+        raise ValueError(f"`system_message` must be one of {SYSTEM_MESSAGE_MODES}, got {system_message!r}")
+    has_system = not isinstance(conversation, str) and str(conversation[0]["role"]).lower() == "system"
+    if has_system and system_message == "error":
+        raise ValueError(
+            f"`{name}` starts with a system message and `system_message` is 'error'; use 'merge' (into the first "
+            "user turn) or 'drop'"
+        )
+    try:
+        judged = judge_prompt(conversation, system_message)
+    except ValueError as err:  # a message content that is not text
+        raise ValueError(f"`{name}`: {err}") from None
+    if has_system:
+        notes.append("system_merged" if system_message == "merge" else "system_dropped")
+    validate_prompt(judged, name)
+    return conversation, judged, notes
+
+
+def describe_prompt_notes(counts: Counter | dict, system_message: str = "merge") -> list[str]:
+    """One warning per kind of prompt that :func:`prepare_prompt` changed or could not read, with its count."""
+    lines = []
+    if counts.get("rendered_chat_parsed"):
+        lines.append(
+            f"{counts['rendered_chat_parsed']} prompt(s) are strings already rendered with a chat template "
+            f"(Llama-3, ChatML or Gemma); read as the chat messages they hold"
+        )
+    if counts.get("rendered_chat_unparsed"):
+        markers = ", ".join(RENDERED_CHAT_MARKERS)
+        lines.append(
+            f"{counts['rendered_chat_unparsed']} prompt(s) hold chat-template tokens ({markers}) "
+            "in a template that is not recognised: the judge reads those tokens as plain text. Fix: give the "
+            'conversation as a message list, [{"role": "user", "content": ...}]'
+        )
+    system = counts.get("system_merged", 0) + counts.get("system_dropped", 0)
+    if system:
+        action = "merged into the first user turn" if system_message == "merge" else "dropped"
+        lines.append(
+            f"{system} prompt(s) start with a system turn: {action} for the judge (`system_message: "
+            f"{system_message}`; 'error' refuses them)"
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The one dataset loader
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -180,15 +347,48 @@ def load_split(name: str, config: str | None = None, split: str = "train"):
 def load_rows(
     name: str, config: str | None = None, split: str = "train", line_numbers: list[int] | None = None
 ) -> list[dict]:
-    """The rows of :func:`load_split` as dicts. A local ``.jsonl`` file is read line by line instead, so a column
-    that mixes strings and message lists (e.g. prompts), which Arrow cannot hold, is kept as it is; for it,
-    ``line_numbers`` (when given) receives each row's line in the file, for messages about a row."""
+    """The rows of :func:`load_split` as dicts.
+
+    Local JSON files are read by this module instead, so a column that mixes strings and message lists (e.g.
+    prompts), which Arrow cannot hold, is kept as it is: a ``.jsonl`` file, or a ``.json`` file holding JSON lines
+    (RLHFlow's generation writes those), line by line, ``line_numbers`` (when given) receiving each row's line in the
+    file, for messages about a row; a ``.json`` file holding one LMFlow object, ``{"type": ..., "instances": [rows]}``
+    (RLHFlow's older generation and annotation files, ``"type": "text_only"``: RLHFlow/Online-RLHF before commit
+    d49a5dbbefbac7d1c6f3fce10e7d70201289b232), as its instances. Other ``.json`` files (a JSON array, a dict of
+    columns) go to datasets' reader."""
     check_local_source(name)
     path = Path(name)
-    if path.is_file() and path.suffix == ".jsonl":
+    if path.is_file() and path.suffix in (".jsonl", ".json"):
         if config is not None:
             load_split(name, config, split)  # raises the configuration error
         from rlhf_pairs.utils.io import read_jsonl
 
-        return read_jsonl(path, line_numbers)
+        if path.suffix == ".jsonl":
+            return read_jsonl(path, line_numbers)
+        rows = _read_json_rows(path, line_numbers)
+        if rows is not None:
+            return rows
     return load_split(name, config, split).to_list()
+
+
+def _read_json_rows(path: Path, line_numbers: list[int] | None) -> list[dict] | None:
+    """The rows of a ``.json`` file holding an LMFlow object or JSON lines; ``None`` for other JSON."""
+    from rlhf_pairs.utils.io import read_jsonl
+
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return read_jsonl(path)  # raises the error naming the line
+    if not text.lstrip().startswith("{"):
+        return None  # a JSON array (or not JSON): datasets' reader
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return read_jsonl(path, line_numbers)  # JSON lines, or invalid JSON named by its line
+    if not isinstance(document, dict) or not isinstance(document.get("instances"), list):
+        # One row on one line is JSON lines too; an object over several lines is left to datasets' reader.
+        return read_jsonl(path, line_numbers) if len(text.strip().splitlines()) == 1 else None
+    for i, row in enumerate(document["instances"]):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: instances[{i}] is a JSON {type(row).__name__}, expected an object ({{...}})")
+    return document["instances"]

@@ -10,15 +10,20 @@ chat template exactly as the prompts were rendered for generation:
 
 A row is dropped, and counted under its reason, when it was not ranked (``skipped``), when its chosen and rejected
 texts are identical (no preference to learn), or when ``min_margin`` is set and P(best beats worst) is below it.
+
+The rank job's own output follows the same rule (:func:`preference_columns`): ``chosen``/``rejected`` are
+conversational exactly when the prompt is, so its file trains in TRL's ``DPOTrainer`` as it is; and its ``rewards``
+column (:func:`ranking_rewards`) lets RLHFlow's ``run_dpo.py`` pick the same pairs.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Sequence
 
-from rlhf_pairs.data_utils import as_messages
+from rlhf_pairs.data_utils import Prompt, as_messages
 from rlhf_pairs.utils.hashing import derived_seed
 
 PAIR_STRATEGIES = ("max_min", "max_random")
@@ -27,6 +32,40 @@ DROP_REASONS = ("not_ranked", "identical", "below_margin")
 
 def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
+
+
+def preference_columns(prompt: Prompt, chosen: str, rejected: str) -> dict:
+    """``chosen``/``rejected`` in TRL's preference format that matches ``prompt``: a message-list prompt gets
+    conversational completions (``[{"role": "assistant", "content": text}]``), a string prompt plain strings
+    (``trl.data_utils.is_conversational`` looks at one of the columns, so they must agree)."""
+    if isinstance(prompt, str):
+        return {"chosen": chosen, "rejected": rejected}
+    return {"chosen": _assistant(chosen), "rejected": _assistant(rejected)}
+
+
+def ranking_rewards(n: int, best: int | None, worst: int | None, scores: Sequence[float] | None) -> list[float]:
+    """One reward per candidate, RLHFlow's annotation column (``rewards``), from a ranking: ``np.argmax`` of it is
+    ``best`` and ``np.argmin`` is ``worst`` (numpy takes the first index on ties), so RLHFlow's ``run_dpo.py``
+    (``max_min``: argmax vs argmin; ``max_random``) picks the pairs this package picks. (Checked against
+    RLHFlow/Online-RLHF commit 3a00ed83c79a9b748550a631d3f4b01140d2925c, ``dpo_iteration/run_dpo.py``
+    ``prepare_data``: it also keeps a pair only when the two rewards differ.)
+
+    - Round robin (``scores`` given): the scores (mean win probabilities). ``best`` is already their first argmax;
+      ``worst`` is their *last* argmin, so when other candidates share the lowest score, the worst's reward is put
+      one float step below it (``math.nextafter``), which makes it the unique minimum.
+    - Knockout (no scores): 1.0 for the best, 0.0 for the worst, 0.5 for every other candidate, the rewards
+      :class:`~rlhf_pairs.rewards.PairwiseRewardFunction` gives GRPO for a knockout group (without a worst, 1.0
+      and 0.5).
+    - Not ranked (fewer than 2 candidates): 0.5 each; equal rewards make no pair in ``run_dpo.py``.
+    """
+    if best is None or n < 2:
+        return [0.5] * n
+    if scores is None:
+        return [1.0 if i == best else 0.0 if i == worst else 0.5 for i in range(n)]
+    rewards = [float(x) for x in scores]
+    if worst is not None and rewards.index(min(rewards)) != worst:
+        rewards[worst] = math.nextafter(min(rewards), -math.inf)
+    return rewards
 
 
 def _drop_reason(row: dict, min_margin: float | None) -> str | None:
@@ -64,13 +103,9 @@ def build_dpo_pairs(
             counts[reason] += 1
             continue
         counts["kept"] += 1
+        prompt = as_messages(row["prompt"])  # the policy generated with its chat template: train on the same
         pairs.append(
-            {
-                "prompt": as_messages(row["prompt"]),
-                "chosen": _assistant(chosen_text),
-                "rejected": _assistant(rejected_text),
-                "margin": row.get("margin"),
-            }
+            {"prompt": prompt, **preference_columns(prompt, chosen_text, rejected_text), "margin": row.get("margin")}
         )
     return pairs, dict(counts)
 

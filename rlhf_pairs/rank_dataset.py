@@ -2,9 +2,16 @@
 sharded over processes, resumable.
 
 Input: any datasets-loadable source with ``prompt`` (str or messages) and ``responses`` (list[str]), the RLHFlow
-Online-RLHF generation format. Output: the input rows, in input order, plus ``best``, ``worst``, ``scores``,
-``num_comparisons``, ``margin``, ``skipped`` and, for DPO, ``chosen``/``rejected`` (the best and worst responses;
-``None`` for a skipped prompt).
+Online-RLHF generation format, also its older LMFlow files (``{"type": ..., "instances": [...]}``, see
+:func:`~rlhf_pairs.data_utils.load_rows`). Output: the input rows, in input order and with their ``prompt`` as given,
+plus ``best``, ``worst``, ``scores``, ``rewards`` (one per response, RLHFlow's annotation column: argmax = best,
+argmin = worst, see :func:`~rlhf_pairs.pairs.ranking_rewards`), ``num_comparisons``, ``margin``, ``skipped`` and, for
+DPO, ``chosen``/``rejected`` (the best and worst responses in TRL's preference format matching the prompt, see
+:func:`~rlhf_pairs.pairs.preference_columns`; ``None`` for a skipped prompt).
+
+What the judge reads of a prompt follows :func:`~rlhf_pairs.data_utils.prepare_prompt`, as in every job: leading
+system turns merged into the first user turn (``system_message``: ``merge``, ``drop`` or ``error``), a chat string
+already rendered with a Llama-3, ChatML or Gemma template parsed back into messages; the summary counts each.
 
 The rows are cut into fixed shards of ``shard_size`` prompts; process k of K ranks shards k, k+K, ... and writes each
 one atomically under ``<output>.shards/``. The main process then joins the shards in order into ``output``
@@ -22,12 +29,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from accelerate.logging import get_logger
 
 from rlhf_pairs.configs import JudgeArguments, RankConfig
-from rlhf_pairs.data_utils import load_rows, validate_prompt
+from rlhf_pairs.data_utils import PROMPT_NOTES, describe_prompt_notes, load_rows, prepare_prompt
+from rlhf_pairs.pairs import preference_columns, ranking_rewards
 from rlhf_pairs.ranking import check_probabilities, rank_candidates_with_stats
 from rlhf_pairs.utils.faults import kill_point, stop_on_signals
 from rlhf_pairs.utils.io import atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -38,9 +47,13 @@ logger = get_logger(__name__)  # logs on the main process only (the state exists
 
 def fingerprint(config: RankConfig, judge_args: JudgeArguments) -> dict:
     """The arguments a shard's content depends on (a local judge path made absolute by ``result_fields``). The input
-    rows are checked shard by shard instead (:func:`_shard_is_current`)."""
+    rows are checked shard by shard instead (:func:`_shard_is_current`). ``system_message`` is recorded only when it
+    is not the default, so runs recorded before it existed (which had no system turns) still resume."""
     keys = ("ranking_method", "seed", "find_worst", "shard_size", "complete_margins")
-    return {**judge_args.result_fields(), **{k: getattr(config, k) for k in keys}}
+    record = {**judge_args.result_fields(), **{k: getattr(config, k) for k in keys}}
+    if config.system_message != "merge":
+        record["system_message"] = config.system_message
+    return record
 
 
 def changed_keys(recorded: dict, current: dict) -> str:
@@ -49,24 +62,31 @@ def changed_keys(recorded: dict, current: dict) -> str:
     return ", ".join(f"{k} ({recorded.get(k)!r} -> {current.get(k)!r})" for k in keys)
 
 
-def check_rank_rows(rows: list[dict], where) -> None:
-    """Raise ``ValueError`` for the first row that cannot be ranked, located by ``where(i)`` (a file line when the
-    input is a local .jsonl file): every row needs ``prompt`` (a string or user/assistant turns ending with a user
-    turn) and ``responses`` (a list of strings). Checked before the first judge call, so a bad last row does not
-    fail a run hours in."""
+def check_rank_rows(rows: list[dict], where, system_message: str = "merge") -> tuple[list, Counter]:
+    """The judge's prompt of every row and the counts of :data:`~rlhf_pairs.data_utils.PROMPT_NOTES` (system turns
+    merged or dropped, rendered chat strings parsed or not), see :func:`~rlhf_pairs.data_utils.prepare_prompt`.
+
+    Raises ``ValueError`` for the first row that cannot be ranked, located by ``where(i)`` (a file line when the
+    input is a local JSON-lines file): every row needs ``prompt`` (a string or chat turns ending with a user turn,
+    led by system turns unless ``system_message`` is ``"error"``) and ``responses`` (a list of strings). Checked
+    before the first judge call, so a bad last row does not fail a run hours in."""
+    judge_prompts, counts = [], Counter(dict.fromkeys(PROMPT_NOTES, 0))
     for i, row in enumerate(rows):
         if "prompt" not in row or "responses" not in row:
             raise ValueError(f"{where(i)}: a row needs 'prompt' and 'responses' columns, it has {sorted(row)}")
-        validate_prompt(row["prompt"], f"{where(i)}: prompt")
+        _, judged, notes = prepare_prompt(row["prompt"], system_message, f"{where(i)}: prompt")
+        judge_prompts.append(judged)
+        counts.update(notes)
         responses = row["responses"]
         if isinstance(responses, str) or not isinstance(responses, list):
             raise ValueError(f"{where(i)}: 'responses' must be a list of strings, got {type(responses).__name__}")
         for j, text in enumerate(responses):
             if not isinstance(text, str):
                 raise ValueError(f"{where(i)}: responses[{j}] must be a string, got {type(text).__name__}")
+    return judge_prompts, counts
 
 
-OUTPUT_COLUMNS = ("best", "worst", "scores", "num_comparisons", "margin", "skipped", "chosen", "rejected")
+OUTPUT_COLUMNS = ("best", "worst", "scores", "rewards", "num_comparisons", "margin", "skipped", "chosen", "rejected")
 
 
 def check_parquet_writable(rows: list[dict]) -> None:
@@ -94,18 +114,29 @@ def check_parquet_writable(rows: list[dict]) -> None:
             ) from None
 
 
-def rank_rows(judge, rows: list[dict], method: str, seed: int, find_worst: bool, complete_margins: bool = False):
+def rank_rows(
+    judge,
+    rows: list[dict],
+    method: str,
+    seed: int,
+    find_worst: bool,
+    complete_margins: bool = False,
+    judge_prompts: list | None = None,
+):
     """Rank a list of ``prompt``/``responses`` rows; returns (output rows, stats).
 
+    ``judge_prompts``: what the judge reads for each row (:func:`check_rank_rows`); default: the rows' prompts.
     With ``complete_margins``, rows whose best and worst never met get P(best beats worst) from one more batched
     ``judge.compare`` call, so ``margin`` is set for every ranked row with two distinct candidates.
     """
     for i, row in enumerate(rows):
         if "prompt" not in row or "responses" not in row:
             raise ValueError(f"row {i} must have 'prompt' and 'responses' columns, has {sorted(row)}")
+    if judge_prompts is None:
+        judge_prompts = [r["prompt"] for r in rows]
     results, stats = rank_candidates_with_stats(
         judge,
-        [r["prompt"] for r in rows],
+        judge_prompts,
         [r["responses"] for r in rows],
         method=method,
         seed=seed,
@@ -115,7 +146,7 @@ def rank_rows(judge, rows: list[dict], method: str, seed: int, find_worst: bool,
         missing = [i for i, r in enumerate(results) if r.skipped is None and r.margin is None and r.worst is not None]
         if missing:
             margins = judge.compare(
-                [rows[i]["prompt"] for i in missing],
+                [judge_prompts[i] for i in missing],
                 [rows[i]["responses"][results[i].best] for i in missing],
                 [rows[i]["responses"][results[i].worst] for i in missing],
             )
@@ -128,18 +159,21 @@ def rank_rows(judge, rows: list[dict], method: str, seed: int, find_worst: bool,
             stats.matches += len(missing)
     out = []
     for row, res in zip(rows, results):
-        pairable = res.skipped is None and res.worst is not None
+        responses = row["responses"]
+        pair = {"chosen": None, "rejected": None}
+        if res.skipped is None and res.worst is not None:
+            pair = preference_columns(row["prompt"], responses[res.best], responses[res.worst])
         out.append(
             {
                 **row,
                 "best": res.best,
                 "worst": res.worst,
                 "scores": res.scores,
+                "rewards": ranking_rewards(len(responses), res.best, res.worst, res.scores),
                 "num_comparisons": res.num_comparisons,
                 "margin": res.margin,
                 "skipped": res.skipped,
-                "chosen": row["responses"][res.best] if pairable else None,
-                "rejected": row["responses"][res.worst] if pairable else None,
+                **pair,
             }
         )
     return out, stats
@@ -151,14 +185,14 @@ def rank_dataset(config: RankConfig, judge_args: JudgeArguments) -> dict:
     from rlhf_pairs.utils.distributed import process_state
 
     state = process_state()
-    with stop_on_signals(), main_process_lock(config.output, state):  # one run per output; Ctrl-C stops for sure
-        return _rank_locked(config, judge_args, state)
+    with stop_on_signals():  # Ctrl-C and SIGTERM stop the run for sure
+        rows, judge_prompts, notes = _read_input(config)  # a bad input fails here, before the output is touched
+        with main_process_lock(config.output, state):  # one run per output
+            return _rank_locked(config, judge_args, state, rows, judge_prompts, notes)
 
 
-def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state) -> dict:
-    from accelerate.utils import tqdm
-
-    # ------------------------------------------------------------------ input, checked whole before any judging
+def _read_input(config: RankConfig) -> tuple[list[dict], list, dict]:
+    """The input rows, the judge's prompts and the prompt notes, every row checked before any judging."""
     lines: list[int] = []
     rows = load_rows(config.dataset_name, config.dataset_config, config.dataset_train_split, line_numbers=lines)
     source = config.dataset_name
@@ -166,9 +200,16 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state) -> dict:
     def where(i: int) -> str:
         return f"{source}, line {lines[i]}" if lines else f"{source}, row {i}"
 
-    check_rank_rows(rows, where)
+    judge_prompts, notes = check_rank_rows(rows, where, config.system_message)
+    for line in describe_prompt_notes(notes, config.system_message):
+        logger.warning("%s: %s", source, line)
     if Path(config.output).suffix == ".parquet":
         check_parquet_writable(rows)
+    return rows, judge_prompts, notes
+
+
+def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, judge_prompts, notes) -> dict:
+    from accelerate.utils import tqdm
 
     # ------------------------------------------------------------------ finished shards: reuse what is still valid
     shard_dir = Path(str(config.output) + ".shards")
@@ -193,7 +234,10 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state) -> dict:
     elif state.is_main_process:
         for k, path in enumerate(shards):
             if path.exists() and not _shard_is_current(path, rows[starts[k] : starts[k] + config.shard_size]):
-                logger.warning("%s: its input rows changed since it was ranked; ranking it again", path.name)
+                logger.warning(
+                    "%s: its input rows changed since it was ranked (or an older release wrote it); ranking it again",
+                    path.name,
+                )
                 path.unlink()
         for path in found:
             if path not in shards:
@@ -211,13 +255,15 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state) -> dict:
     for k in tqdm(todo, main_process_only=True, desc="ranking shards"):
         if hasattr(judge, "clear_cache"):  # a hit from an earlier shard would make this shard depend on it
             judge.clear_cache()
+        part = slice(starts[k], starts[k] + config.shard_size)
         shard_rows, stats = rank_rows(
             judge,
-            rows[starts[k] : starts[k] + config.shard_size],
+            rows[part],
             config.ranking_method,
             config.seed,
             config.find_worst,
             config.complete_margins,
+            judge_prompts[part],
         )
         if not marker.exists():  # recorded with the first shard: a failed start leaves nothing to refuse
             write_json_atomic(marker, current)
@@ -230,7 +276,7 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state) -> dict:
 
     # ------------------------------------------------------------------ output, joined in input order
     done = all(shard.exists() for shard in shards)
-    summary = {"prompts": len(rows), "shards": len(starts), "complete": done}
+    summary = {"prompts": len(rows), "shards": len(starts), "complete": done, **notes}
     if done:
         ranked = [row for shard in shards for row in read_jsonl(shard)]
         if len(ranked) != len(rows):
@@ -244,12 +290,14 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state) -> dict:
             _write_output(Path(config.output), ranked)
     summary.update(new_matches_this_process=matches, judge_rows_this_process=rows_judged)
     summary["pairs_per_second"] = matches / elapsed if elapsed > 0 and matches else 0.0
+    touched = ", ".join(f"{notes[key]} {key}" for key in PROMPT_NOTES if notes[key])
     logger.info(
-        "rank: %d prompts, %s ranked, %s skipped, %s comparisons over %d process(es), %.1f pairs/s (main process)%s",
+        "rank: %d prompts, %s ranked, %s skipped, %s comparisons%s over %d process(es), %.1f pairs/s (main process)%s",
         len(rows),
         summary.get("ranked", "?"),
         summary.get("skipped", "?"),
         summary.get("comparisons", "?"),
+        f" (prompts: {touched})" if touched else "",
         state.num_processes,
         summary["pairs_per_second"],
         "" if done else f"; incomplete, re-run to finish ({config.output})",
@@ -258,12 +306,14 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state) -> dict:
 
 
 def _shard_is_current(path: Path, inputs: list[dict]) -> bool:
-    """Whether a finished shard was ranked from exactly ``inputs`` (its rows carry their input columns)."""
+    """Whether a finished shard was ranked from exactly ``inputs`` (its rows carry their input columns) by this
+    release (its rows carry every output column: a shard written before ``rewards`` existed is ranked again, as
+    its ``chosen``/``rejected`` may be in the older format)."""
     try:
         ranked = read_jsonl(path)
     except ValueError:
         return False
-    if len(ranked) != len(inputs):
+    if len(ranked) != len(inputs) or any(not set(OUTPUT_COLUMNS) <= set(row) for row in ranked):
         return False
     normal = json.loads(json.dumps(inputs, ensure_ascii=False, default=str))
     return all(

@@ -52,6 +52,12 @@ def test_tiny_models_writes_models_and_every_sample(tiny):
     assert all(set(r) >= {"prompt", "chosen", "rejected", "subset"} for r in read_jsonl(data / "rewardbench.jsonl"))
 
 
+def test_rank_offline(tiny, monkeypatch):
+    run_documented("rank", tiny, monkeypatch)
+    ranked = read_jsonl(tiny / "tiny" / "ranked.jsonl")
+    assert len(ranked) == 8 and all(r["skipped"] is None and len(r["rewards"]) == 4 for r in ranked)
+
+
 def test_eval_offline(tiny, monkeypatch):
     run_documented("eval", tiny, monkeypatch)
     report = json.loads((tiny / "tiny" / "eval" / "report.json").read_text())

@@ -85,10 +85,17 @@ def test_rank_output_follows_the_ranking(candidates_file, tiny_pair_lm_path, tmp
         )
         n = len(row["responses"])
         if n >= 2:
-            assert row["chosen"] == row["responses"][exp.best] and row["rejected"] == row["responses"][exp.worst]
+            chosen, rejected = row["responses"][exp.best], row["responses"][exp.worst]
+            if isinstance(row["prompt"], list):  # TRL's conversational preference format, as the prompt is
+                chosen = [{"role": "assistant", "content": chosen}]
+                rejected = [{"role": "assistant", "content": rejected}]
+            assert (row["chosen"], row["rejected"]) == (chosen, rejected)
             assert row["num_comparisons"] == n - 1 + (n + 1) // 2 - 1
+            # Knockout's rewards: 1 for the best, 0 for the worst, 0.5 for the others (one per response).
+            assert row["rewards"] == [1.0 if j == exp.best else 0.0 if j == exp.worst else 0.5 for j in range(n)]
         else:
             assert row["chosen"] is None and row["skipped"] == "fewer than 2 candidates"
+            assert row["rewards"] == [0.5] * n
 
 
 def test_resume_after_a_stop_gives_the_same_output(candidates_file, tiny_pair_lm_path, tmp_path):
@@ -403,3 +410,10 @@ def test_a_missing_local_file_is_named_as_such(tiny_pair_lm_path, tmp_path):
             load_rows(missing)
     with pytest.raises(FileNotFoundError, match="no such file"):
         cli(rank_args("nope.jsonl", tmp_path / "o.jsonl", tiny_pair_lm_path))
+
+
+def test_a_bad_input_leaves_no_lock_or_shard_next_to_the_output(tmp_path):
+    out = tmp_path / "ranked.jsonl"
+    with pytest.raises(FileNotFoundError):
+        cli(rank_args(tmp_path / "missing.jsonl", out, "judge"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no ranked.jsonl.lock, no ranked.jsonl.shards

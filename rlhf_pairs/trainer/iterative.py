@@ -42,6 +42,7 @@ from accelerate.logging import get_logger
 from accelerate.utils.memory import clear_device_cache
 
 from rlhf_pairs.configs import IterateConfig, JudgeArguments, RankConfig
+from rlhf_pairs.data_utils import judge_prompt
 from rlhf_pairs.generation import GenerationSettings, generate_sharded, hf_generator, vllm_generator
 from rlhf_pairs.pairs import build_dpo_pairs, build_sft_rows
 from rlhf_pairs.trainer.iterative_metrics import RoundLogger, collect_metrics, start_trackers, write_metrics
@@ -71,8 +72,10 @@ class IterativeLoop:
     even under ZeRO-3 (:func:`~rlhf_pairs.utils.distributed.zero3_init_disabled`).
 
     **Assumptions**: all processes see ``output_dir`` (one machine, or a shared file system); the policy has a chat
-    template; prompts pass :func:`~rlhf_pairs.data_utils.validate_prompt` (a string or user/assistant turns ending
-    with a user turn). Candidates are bit-identical for 1 or K processes on the same device type and dtype; training
+    template (which takes a system turn if the prompts have one); prompts pass
+    :func:`~rlhf_pairs.data_utils.prepare_prompt` (a string or user/assistant turns ending with a user turn, led by
+    system turns that only the policy sees as they are: the judge gets them per ``system_message``). Candidates are
+    bit-identical for 1 or K processes on the same device type and dtype; training
     results depend on the number of processes like any data-parallel training. The train stage's fingerprint holds
     the trainer config fields that differ from their declared defaults, so a run finished before that rule (or
     under another transformers release that changed a default) is refused once as changed.
@@ -266,6 +269,7 @@ class IterativeLoop:
                 seed=self.args.seed,
                 shard_size=cfg.shard_size,
                 complete_margins=True,
+                system_message=cfg.system_message,
             ),
             self.judge_args,
         )
@@ -333,7 +337,8 @@ class IterativeLoop:
             return
         new, previous = [r[0] for r in new], [r[0] for r in previous]
         judge = self.judge_args.load(self.state.device)
-        probabilities = judge.compare(self.eval_prompts, new, previous)
+        judge_prompts = [judge_prompt(p, cfg.system_message) for p in self.eval_prompts]
+        probabilities = judge.compare(judge_prompts, new, previous)
         result = win_rate_from_probabilities(probabilities)
         del judge
         staging = stage.staging_dir()

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from enum import Enum
 from pathlib import Path
 
+from accelerate.logging import get_logger
+
 from rlhf_pairs.configs import IterateConfig, JudgeArguments
-from rlhf_pairs.data_utils import load_rows, validate_prompt
+from rlhf_pairs.data_utils import describe_prompt_notes, load_rows, prepare_prompt
 from rlhf_pairs.trainer.stages import Stage
 from rlhf_pairs.utils.hashing import sha256_json
+
+logger = get_logger(__name__)  # main process only (iterate sets up the process state first)
 
 # Trainer config fields that change how a run is logged, saved or launched, not what it trains.
 NOT_RESULT_FIELDS = {
@@ -41,8 +46,13 @@ NOT_RESULT_PREFIXES = ("logging_", "hub_", "push_to_hub", "save_", "trackio_")
 def load_prompts(config: IterateConfig) -> tuple[list[list], list]:
     """(training prompts of each round, held-out eval prompts) as :class:`IterateConfig`'s data fields describe.
 
-    Raises ``ValueError`` naming the source for an empty dataset, a missing prompt column, an invalid prompt, or
-    too few prompts for ``rounds`` x ``prompts_per_round`` plus the held-out ones."""
+    Prompts are read with :func:`~rlhf_pairs.data_utils.prepare_prompt`, the rule of every job: a chat string
+    already rendered with a recognised template becomes its messages (the policy renders them with its own
+    template), system turns stay (the judge gets them per ``system_message``); each kind is counted in a warning.
+
+    Raises ``ValueError`` naming the source (and line) for an empty dataset, a missing prompt column, an invalid
+    prompt (a system turn with ``system_message: error``), or too few prompts for ``rounds`` x
+    ``prompts_per_round`` plus the held-out ones."""
     cfg = config
     per_round = cfg.prompts_per_round
     if "{round}" in cfg.dataset_name:  # one prompt set per round, e.g. RLHFlow/iterative-prompt-v1-iter{round}-20K
@@ -82,16 +92,19 @@ def _prompts(config: IterateConfig, source: str, split: str) -> list:
     if not rows:
         raise ValueError(f"{source} has no rows")
     column = config.prompt_column
-    prompts = []
+    prompts, notes = [], Counter()
     for i, row in enumerate(rows):
         where = f"{source}, line {lines[i]}" if lines else f"{source}, row {i}"
         if column not in row:
             raise ValueError(f"{where}: no {column!r} column (the row has {sorted(row)}); set `prompt_column`")
         try:
-            validate_prompt(row[column], column)
+            conversation, _, row_notes = prepare_prompt(row[column], config.system_message, column)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
-        prompts.append(row[column])
+        prompts.append(conversation)
+        notes.update(row_notes)
+    for line in describe_prompt_notes(notes, config.system_message):
+        logger.warning("%s: %s", source, line)
     return prompts
 
 
@@ -152,6 +165,8 @@ def plan_stages(
     training = training_fingerprint(training_args)
     peft = {k: v for k, v in dataclasses.asdict(model_args).items() if k.startswith(("lora_", "use_"))}
     judge = judge_args.result_fields()
+    if cfg.system_message != "merge":  # recorded only when not the default, so finished runs still resume
+        judge["system_message"] = cfg.system_message
     stages, previous_train = [], None
     for k in range(1, cfg.rounds + 1):
         policy = model if k == 1 else {"round": k - 1, "train": previous_train.digest}
