@@ -7,6 +7,8 @@ from rlhf_pairs.judges import (
     PairRMEncoder,
     PairRMJudge,
     PairwiseJudge,
+    TRLJudgeAdapter,
+    as_judge,
     load_judge,
 )
 from rlhf_pairs.ranking import RankingResult, RankingStats, rank_candidates, rank_candidates_with_stats
@@ -25,9 +27,11 @@ __all__ = [
     "PairwiseJudge",
     "PairwiseRewardFunction",
     "PairwiseWinRateCallback",
+    "TRLJudgeAdapter",
     "WinRate",
     "RankingResult",
     "RankingStats",
+    "as_judge",
     "load_judge",
     "rank_candidates",
     "rank_candidates_with_stats",

@@ -66,8 +66,9 @@ def train_tiny_bpe_tokenizer(vocab_size: int = 400):
     return tokenizer
 
 
-def train_tiny_unigram_tokenizer(vocab_size: int = 300):
-    """A SentencePiece-style (Metaspace + Unigram) tokenizer in DeBERTa-v3's shape with PairRM's prefix tokens;
+def train_tiny_unigram_tokenizer(vocab_size: int = 300, prefix_tokens: bool = True):
+    """A SentencePiece-style (Metaspace + Unigram) tokenizer in DeBERTa-v3's shape with PairRM's prefix tokens
+    (without them, ``prefix_tokens=False``: the backbone's own tokenizer, as llm-blender starts from);
     ``encode`` wraps text as ``[CLS] ... [SEP]`` like DeBERTa-v3."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -79,7 +80,8 @@ def train_tiny_unigram_tokenizer(vocab_size: int = 300):
         vocab_size=vocab_size, special_tokens=PAIRRM_SPECIAL_TOKENS, unk_token="[UNK]", show_progress=False
     )
     backend.train_from_iterator(CORPUS * 4, trainer=trainer)
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in PAIRRM_PREFIX_TOKENS])
+    if prefix_tokens:
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in PAIRRM_PREFIX_TOKENS])
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
@@ -91,7 +93,7 @@ def train_tiny_unigram_tokenizer(vocab_size: int = 300):
         sep_token="[SEP]",
         unk_token="[UNK]",
         mask_token="[MASK]",
-        additional_special_tokens=PAIRRM_PREFIX_TOKENS,
+        additional_special_tokens=PAIRRM_PREFIX_TOKENS if prefix_tokens else None,
     )
 
 

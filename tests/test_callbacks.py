@@ -112,3 +112,33 @@ def test_win_rate_callback_needs_prompts_and_matching_references(tiny_pair_lm_pa
         PairwiseWinRateCallback(judge, trainer)
     with pytest.raises(ValueError, match="2 references for 3 prompts"):
         PairwiseWinRateCallback(judge, trainer, prompts=["a", "b", "c"], references=["x", "y"])
+
+
+class LongerIsBetterTRLJudge:
+    """Written against TRL's former BasePairwiseJudge: only ``judge(prompts, completions, shuffle_order=True)``."""
+
+    def judge(self, prompts, completions, shuffle_order=True):
+        return [0 if len(a) > len(b) else 1 for a, b in completions]
+
+
+def test_win_rate_callback_takes_a_trl_style_judge(tiny_pair_lm_path, tmp_path):
+    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    from rlhf_pairs import TRLJudgeAdapter
+
+    args = OnlineDPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to=[], max_steps=1)
+    trainer = OnlineDPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_pair_lm_path),
+        reward_funcs=[PairwiseRewardFunction(LongerIsBetterTRLJudge())],
+        args=args,
+        train_dataset=datasets.Dataset.from_list([{"prompt": "hi"}]),
+        processing_class=AutoTokenizer.from_pretrained(tiny_pair_lm_path),
+    )
+    callback = PairwiseWinRateCallback(
+        LongerIsBetterTRLJudge(), trainer, prompts=PROMPTS, references=["a longer reference", "b", "c"]
+    )
+    assert isinstance(callback.judge, TRLJudgeAdapter)
+    callback.generate = lambda: ["short", "longer answer", "same"]  # the policy's completions, without generating
+    result = callback.evaluate(step=1)
+    assert result.win_rate == pytest.approx(2 / 3)
+    assert trainer.state.log_history[-1]["eval_win_rate"] == pytest.approx(2 / 3)

@@ -100,3 +100,29 @@ def test_score_both_orders_is_both_ordered_calls_in_one():
     assert torch.equal(forward, judge.score_ordered_pairs(prompts, a, b))
     assert torch.equal(backward, judge.score_ordered_pairs(prompts, b, a))
     assert judge.combine_orders(forward, backward).tolist() == judge.compare(prompts, a, b)
+
+
+class TemperatureJudge(PairwiseJudge):
+    """Scores that depend on the judge's temperature: P(first better) = sigmoid((len(first) - len(second)) / T)."""
+
+    def __init__(self, temperature=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = temperature
+
+    def score_ordered_pairs(self, prompts, first, second):
+        diff = torch.tensor([len(a) - len(b) for a, b in zip(first, second)], dtype=torch.float64)
+        return torch.sigmoid(diff / self.temperature)
+
+
+def test_judge_temperature_rescores_at_that_temperature_and_restores_the_judge():
+    judge = TemperatureJudge()
+    prompts, completions = ["p", "q"], [["aaa", "a"], ["b", "bbbb"]]
+    cached = judge.judge(prompts, completions, shuffle_order=False, return_scores=True)
+    at_three = judge.judge(prompts, completions, shuffle_order=False, return_scores=True, temperature=3.0)
+    assert at_three == pytest.approx(TemperatureJudge(temperature=3.0).compare(prompts, ["aaa", "b"], ["a", "bbbb"]))
+    assert at_three != pytest.approx(cached)
+    assert judge.temperature == 1.0 and judge.num_scored_pairs == 4  # the temperature call bypassed the cache
+    assert judge.judge(prompts, completions, shuffle_order=False, return_scores=True) == cached
+    assert judge.judge(prompts, completions, temperature=3.0) == [0, 1]
+    with pytest.raises(ValueError, match="temperature"):
+        judge.judge(prompts, completions, temperature=-1.0)

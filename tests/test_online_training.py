@@ -57,6 +57,26 @@ def direct(judge, prompt, a, b) -> float:
     return judge.compare([as_judge_prompt(prompt)], [a], [b])[0]
 
 
+def expected_judge_metrics(judge, prompt_groups, clear=0.75) -> dict:
+    """What the reward logs for one call, recomputed with direct judge calls: mean |P - 0.5| over the distinct pairs
+    of different texts, and the share of groups whose unique best text beats every other with P >= clear."""
+    deltas, winners = {}, 0
+    for prompt, texts, rewards in prompt_groups:
+        for i, a in enumerate(texts):
+            for b in texts[i + 1 :]:
+                if a != b:
+                    deltas[(json.dumps(prompt), *sorted((a, b)))] = abs(direct(judge, prompt, a, b) - 0.5)
+        best = texts[max(range(len(texts)), key=lambda i: (rewards[i], -i))]
+        others = set(texts) - {best}
+        winners += (
+            texts.count(best) == 1 and bool(others) and all(direct(judge, prompt, best, o) >= clear for o in others)
+        )
+    return {
+        "rewards/pairwise_judge/decisiveness": sum(deltas.values()) / len(deltas) if deltas else 0.0,
+        "rewards/pairwise_judge/clear_winner_rate": winners / len(prompt_groups),
+    }
+
+
 def train_and_check(trainer, policy):
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
     trainer.train()
@@ -93,6 +113,7 @@ def test_online_dpo_rewards_are_judge_probabilities_of_each_pair(tiny_pair_lm_pa
         train_dataset=datasets.Dataset.from_list(conversations()),
         processing_class=AutoTokenizer.from_pretrained(tiny_pair_lm_path),
     )
+    reward.log_metrics_to(trainer)  # OnlineDPO passes no log_metric: the judge's metrics go to trainer.stats
     train_and_check(trainer, policy)
 
     assert len(reward.calls) == 2
@@ -105,6 +126,17 @@ def test_online_dpo_rewards_are_judge_probabilities_of_each_pair(tiny_pair_lm_pa
             assert rewards[i] == pytest.approx(p, abs=1e-4)
             assert rewards[i + n] == pytest.approx(1 - p, abs=1e-4)
         assert any(abs(r - 0.5) > 1e-3 for r in rewards)  # the judge is not indifferent: the check has teeth
+    # The mean reward is 0.5 by construction; decisiveness and clear winners are logged with each step's loss.
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(h["objective/scores"] == pytest.approx(0.5, abs=1e-6) for h in logged)
+    for h, (prompts, texts, rewards) in zip(logged, reward.calls, strict=True):
+        n = len(prompts) // 2
+        pairs = [
+            (as_judge_prompt(prompts[i]), [texts[i], texts[i + n]], [rewards[i], rewards[i + n]]) for i in range(n)
+        ]
+        expected = expected_judge_metrics(judge, pairs)
+        assert {k: h[k] for k in expected} == pytest.approx(expected, abs=1e-4)
+    assert any(h["rewards/pairwise_judge/decisiveness"] > 1e-3 for h in logged)
 
 
 def test_grpo_rewards_are_round_robin_scores_within_each_group(tiny_pairrm_path, tiny_pair_lm_path, tmp_path):
@@ -149,6 +181,14 @@ def test_grpo_rewards_are_round_robin_scores_within_each_group(tiny_pairrm_path,
                 assert rewards[i] == pytest.approx(expected, abs=1e-4)
     logged = [h["rewards/pairwise_judge/mean"] for h in trainer.state.log_history if "reward" in h]
     assert logged == pytest.approx([sum(r) / len(r) for _, _, r in reward.calls], abs=1e-6)
+    # Flat by construction; what the judge decided comes through GRPO's log_metric.
+    assert logged == pytest.approx([0.5, 0.5], abs=1e-6)
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    for h, (prompts, texts, rewards) in zip(history, reward.calls, strict=True):
+        groups = [(as_judge_prompt(prompts[s]), texts[s : s + 3], rewards[s : s + 3]) for s in (0, 3)]
+        expected = expected_judge_metrics(judge, groups)
+        assert {k: h[k] for k in expected} == pytest.approx(expected, abs=1e-4)
+    assert any(h["rewards/pairwise_judge/decisiveness"] > 1e-3 for h in history)
 
 
 def test_grpo_job_ranks_two_groups_of_one_prompt_separately(tiny_pair_lm_path, tmp_path):
@@ -198,6 +238,9 @@ def test_online_dpo_script_two_processes(tiny_pair_lm_path, tmp_path):
     assert train[-1]["epoch"] == 1.0
     (logged,) = [h for h in history if "eval_win_rate" in h]
     assert 0.0 <= logged["eval_win_rate"] <= 1.0
+    # The job connects the reward's metrics to OnlineDPO's stats (gathered over both processes).
+    assert all(0.0 <= h["rewards/pairwise_judge/decisiveness"] <= 0.5 for h in train)
+    assert all(0.0 <= h["rewards/pairwise_judge/clear_winner_rate"] <= 1.0 for h in train)
 
     # The win rate of the saved policy's greedy completions vs. the initial policy's, on the 4 held-out prompts.
     prompts = [json.loads(line)["prompt"] for line in (ROOT / "rlhf_pairs/data/demo_pairs.jsonl").open()][-4:]
@@ -229,6 +272,7 @@ def test_grpo_script_two_processes_with_groups_split_across_them(tiny_pair_lm_pa
     # Round robin scores of a whole group average exactly 0.5; the std shows the judge separated completions.
     assert all(h["rewards/pairwise_judge/mean"] == pytest.approx(0.5, abs=1e-6) for h in train)
     assert all(h["rewards/pairwise_judge/std"] > 0 for h in train)
+    assert all(0.0 < h["rewards/pairwise_judge/decisiveness"] <= 0.5 for h in train)
 
 
 RECIPES = sorted((ROOT / "recipes").glob("online_dpo/*.yaml")) + sorted((ROOT / "recipes").glob("grpo/*.yaml"))

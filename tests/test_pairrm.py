@@ -276,3 +276,115 @@ def test_budgets_that_cannot_hold_a_comparison_are_refused(tiny_pairrm_path):
     for source, total in ((0, 2048), (-1, 2048), (1224, 1224), (1224, 100)):
         with pytest.raises(ValueError, match=rf"0 < source_max_length < max_length, got source_max_length={source}"):
             PairRMEncoder(tokenizer, source_max_length=source, max_length=total)
+
+
+# reward-bench's PairRM input format, transcribed from rewardbench 0.1.4 (rewardbench/models/pairrm.py:
+# tokenize_conv_pair and tokenize_pair, as its PairRMPipeline calls them), the reference for conversation_format
+# "rewardbench".
+def rewardbench_tokenize_conv_pair(tokenizer, convAs, convBs, **kwargs):
+    for c in convAs + convBs:
+        assert len(c) % 2 == 0, "Each conversation must have even number of turns"
+        assert all([c[i]["role"] == "user" for i in range(0, len(c), 2)]), "Each even turn must be USER"
+        assert all([c[i]["role"] == "assistant" for i in range(1, len(c), 2)]), "Each odd turn must be ASSISTANT"
+    assert len(convAs) == len(convBs), "Number of conversations must be the same"
+    for c_a, c_b in zip(convAs, convBs):
+        assert len(c_a) == len(c_b), "Number of turns in each conversation must be the same"
+        assert all([c_a[i]["content"] == c_b[i]["content"] for i in range(0, len(c_a), 2)]), (
+            "USER turns must be the same"
+        )
+
+    instructions = [
+        "Finish the following coversation in each i-th turn by filling in <Response i> with your response."
+    ] * len(convAs)
+    inputs = [
+        "\n".join(["USER: " + x[i]["content"] + f"\nAssistant: <Response {i // 2 + 1}>" for i in range(0, len(x), 2)])
+        for x in convAs
+    ]
+    cand1_texts = [
+        "\n".join([f"<Response {i // 2 + 1}>: " + x[i]["content"] for i in range(1, len(x), 2)]) for x in convAs
+    ]
+    cand2_texts = [
+        "\n".join([f"<Response {i // 2 + 1}>: " + x[i]["content"] for i in range(1, len(x), 2)]) for x in convBs
+    ]
+    inputs = [inst + inp for inst, inp in zip(instructions, inputs)]
+    return rewardbench_tokenize_pair(tokenizer, inputs, cand1_texts, cand2_texts, **kwargs)
+
+
+def rewardbench_tokenize_pair(
+    tokenizer,
+    sources,
+    candidate1s,
+    candidate2s,
+    source_prefix="<|source|>",
+    cand1_prefix="<|candidate1|>",
+    cand2_prefix="<|candidate2|>",
+    source_max_length=1224,
+    candidate_max_length=412,
+    **kwargs,
+):
+    ids = []
+    assert len(sources) == len(candidate1s) == len(candidate2s)
+    max_length = source_max_length + 2 * candidate_max_length
+    for i in range(len(sources)):
+        source_ids = tokenizer.encode(source_prefix + sources[i], max_length=source_max_length, truncation=True)
+        candidate_max_length = (max_length - len(source_ids)) // 2
+        candidate1_ids = tokenizer.encode(
+            cand1_prefix + candidate1s[i], max_length=candidate_max_length, truncation=True
+        )
+        candidate2_ids = tokenizer.encode(
+            cand2_prefix + candidate2s[i], max_length=candidate_max_length, truncation=True
+        )
+        ids.append(source_ids + candidate1_ids + candidate2_ids)
+    return tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding="max_length", max_length=max_length)
+
+
+MULTI_TURN = [
+    {"role": "user", "content": "hello"},
+    {"role": "assistant", "content": "hi, how can I help?"},
+    {"role": "user", "content": "tell me a joke"},
+]
+
+
+@pytest.mark.parametrize("prompt", ["What is the capital of France?", MULTI_TURN], ids=["single_turn", "multi_turn"])
+def test_rewardbench_format_equals_reward_bench_pairrm_pipeline(tiny_pairrm_path, prompt):
+    """conversation_format="rewardbench": the ids and logits of reward-bench's PairRMPipeline, for single- and
+    multi-turn prompts (its text_chosen / text_rejected: the prompt's conversation plus one assistant turn)."""
+    from rlhf_pairs.judges.pairrm import PAIRRM_FORMATS
+
+    assert PAIRRM_FORMATS == ("card", "rewardbench")
+    judge = PairRMJudge.from_pretrained(str(tiny_pairrm_path), device="cpu", conversation_format="rewardbench")
+    assert judge.conversation_format == "rewardbench"
+    card_model = CardDebertaV2PairRM.from_pretrained(str(tiny_pairrm_path)).eval()
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    a, b = "Paris. Why did the chicken cross the road?", "No."
+    conv_a = messages + [{"role": "assistant", "content": a}]
+    conv_b = messages + [{"role": "assistant", "content": b}]
+    for first, second, conv_1, conv_2 in ((a, b, conv_a, conv_b), (b, a, conv_b, conv_a)):
+        enc = rewardbench_tokenize_conv_pair(judge.tokenizer, [conv_1], [conv_2])
+        want = enc["input_ids"][0][enc["attention_mask"][0].bool()].tolist()
+        assert judge.encoder.encode(prompt, first, second)[0] == want
+        with torch.no_grad():
+            logit = card_model(**enc).tolist()
+        assert judge.score_ordered_pairs([prompt], [first], [second]).tolist() == pytest.approx(logit, abs=1e-5)
+    # PairRMPipeline: logits = f(A, B) - f(B, A), A better when > 0; compare is their sigmoid.
+    with torch.no_grad():
+        ab = card_model(**rewardbench_tokenize_conv_pair(judge.tokenizer, [conv_a], [conv_b]))
+        ba = card_model(**rewardbench_tokenize_conv_pair(judge.tokenizer, [conv_b], [conv_a]))
+    assert judge.compare([prompt], [a], [b]) == pytest.approx(torch.sigmoid(ab - ba).tolist(), abs=1e-5)
+    card = PairRMJudge.from_pretrained(str(tiny_pairrm_path), device="cpu")
+    if isinstance(prompt, str):  # the card's single-turn format differs: the option has teeth
+        assert card.encoder.encode(prompt, a, b)[0] != judge.encoder.encode(prompt, a, b)[0]
+    else:  # multi-turn: both use the card's tokenize_conv_pair
+        assert card.encoder.encode(prompt, a, b)[0] == judge.encoder.encode(prompt, a, b)[0]
+
+
+def test_load_judge_passes_the_pairrm_format(tiny_pairrm_path, tiny_pair_lm_path):
+    from rlhf_pairs.judges.loading import load_judge
+
+    assert load_judge("pairrm", str(tiny_pairrm_path), device="cpu").conversation_format == "card"
+    judge = load_judge("pairrm", str(tiny_pairrm_path), device="cpu", pairrm_format="rewardbench")
+    assert judge.conversation_format == "rewardbench"
+    with pytest.raises(ValueError, match="pairrm_format applies to judge_type 'pairrm'"):
+        load_judge("pair_lm", str(tiny_pair_lm_path), pairrm_format="rewardbench")
+    with pytest.raises(ValueError, match="conversation_format"):
+        load_judge("pairrm", str(tiny_pairrm_path), device="cpu", pairrm_format="reward-bench")

@@ -122,9 +122,30 @@ class PairwiseJudge(ABC):
         for mismatched lengths, non-string responses or malformed conversations.
         """
         check_pair_inputs(prompts, responses_a, responses_b)
-        # score_both_orders's layout, through the cache (which score_both_orders itself bypasses).
-        forward, backward = _score_both_orders(self._cached_scores, prompts, responses_a, responses_b)
+        forward, backward = self._cached_both_orders(prompts, responses_a, responses_b)
         return self.combine_orders(forward, backward).tolist()
+
+    def compare_at_temperature(
+        self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str], temperature: float
+    ) -> list[float]:
+        """:meth:`compare` with the judge's ``temperature`` replaced by ``temperature`` for this call.
+
+        For a judge whose scores depend on its ``temperature`` attribute (the pair LM's probabilities): both orders
+        are scored again at that temperature, bypassing the cache. A judge whose cached scores do not depend on it
+        (PairRM's logits) overrides this and uses the cache. Raises ``ValueError`` for a judge without a
+        ``temperature`` attribute or a temperature <= 0.
+        """
+        if temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature}")
+        if not hasattr(self, "temperature"):
+            raise ValueError(f"{type(self).__name__} has no `temperature`: judge(..., temperature=...) cannot apply")
+        check_pair_inputs(prompts, responses_a, responses_b)
+        own, self.temperature = self.temperature, temperature
+        try:
+            forward, backward = self.score_both_orders(prompts, responses_a, responses_b)
+            return self.combine_orders(forward, backward).tolist()
+        finally:
+            self.temperature = own
 
     def score_both_orders(
         self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]
@@ -145,12 +166,17 @@ class PairwiseJudge(ABC):
         completions: Sequence[Sequence[str]],
         shuffle_order: bool = True,
         return_scores: bool = False,
+        temperature: float | None = None,
     ) -> list[int] | list[float]:
-        """TRL's former ``BasePairwiseJudge.judge``: for each prompt and pair of completions, the index (0 or 1)
-        of the better one, or with ``return_scores=True`` P(first completion is better).
+        """TRL's former ``BasePairwiseJudge.judge`` (and ``PairRMJudge.judge``, checked against TRL 0.19.0's
+        ``trl/trainer/judges.py``): for each prompt and pair of completions, the index (0 or 1) of the better one,
+        or with ``return_scores=True`` P(first completion is better).
 
         ``shuffle_order`` presents each pair in a random order to the model and maps the answer back; since
         :meth:`compare` already scores both orders it only changes float rounding. A tie (P exactly 0.5) returns 0.
+        ``temperature``: as TRL's ``PairRMJudge.judge``, the temperature of this call's probabilities (for PairRM
+        sigmoid((f(a, b) - f(b, a)) / temperature), exactly TRL's softmax of llm-blender's scores over it);
+        ``None`` keeps the judge's own (see :meth:`compare_at_temperature`).
         """
         for i, pair in enumerate(completions):
             if isinstance(pair, str) or len(pair) != 2:
@@ -162,10 +188,20 @@ class PairwiseJudge(ABC):
         flips = [random.random() < 0.5 if shuffle_order else False for _ in completions]
         first = [pair[1] if flip else pair[0] for pair, flip in zip(completions, flips)]
         second = [pair[0] if flip else pair[1] for pair, flip in zip(completions, flips)]
-        probs = [1.0 - p if flip else p for p, flip in zip(self.compare(prompts, first, second), flips)]
+        if temperature is None:
+            judged = self.compare(prompts, first, second)
+        else:
+            judged = self.compare_at_temperature(prompts, first, second, temperature)
+        probs = [1.0 - p if flip else p for p, flip in zip(judged, flips)]
         if return_scores:
             return probs
         return [0 if p >= 0.5 else 1 for p in probs]
+
+    def _cached_both_orders(
+        self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`score_both_orders`'s layout, through the cache (which ``score_both_orders`` itself bypasses)."""
+        return _score_both_orders(self._cached_scores, prompts, responses_a, responses_b)
 
     def _cached_scores(self, prompts: list[Prompt], first: list[str], second: list[str]) -> torch.Tensor:
         """Scores of ordered pairs, each distinct (prompt, first, second) sent to the model at most once."""

@@ -16,19 +16,76 @@ the trainer (TRL 1.16):
 
 The judge is used only through ``judge.compare(prompts, responses_a, responses_b)`` via
 :func:`rlhf_pairs.rank_candidates`, one batched call per tournament round over all groups of the call.
+
+With a pairwise reward the mean reward is 0.5 by construction (GRPO's ``rewards/<name>/mean``, OnlineDPO's
+``objective/scores``, and ``objective/rlhf_reward`` up to the KL term), so each call also logs what the judge said
+(see :meth:`PairwiseRewardFunction.metrics`): ``rewards/<name>/decisiveness`` and
+``rewards/<name>/clear_winner_rate``, through TRL's hooks: GRPO/RLOO's ``log_metric`` keyword (averaged per logging
+step), or for OnlineDPO, which passes reward functions no logging hook, its ``trainer.stats`` once
+:meth:`PairwiseRewardFunction.log_metrics_to` connected them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rlhf_pairs.data_utils import SYSTEM_MESSAGE_MODES, Prompt, completion_text, judge_prompt, prompt_key
-from rlhf_pairs.ranking import METHODS, SupportsCompare, rank_candidates
+from rlhf_pairs.judges.trl_adapter import as_judge
+from rlhf_pairs.ranking import METHODS, RankingResult, SupportsCompare, check_probabilities, rank_candidates
 
 LAYOUTS = ("auto", "pairs", "groups")
 # Keyword arguments that GRPOTrainer and RLOOTrainer pass to reward functions and OnlineDPOTrainer does not (TRL 1.16).
 GROUP_TRAINER_KWARGS = ("log_metric", "log_extra")
+
+
+@dataclass
+class JudgeStats:
+    """What the judge said in one reward call, summable over calls and processes.
+
+    Attributes:
+        abs_margin_sum: sum of |P - 0.5| over the comparisons the judge made (distinct pairs of different texts).
+        comparisons: how many comparisons that is.
+        clear_winners: groups (OnlineDPO: pairs) with a clear winner, see :meth:`PairwiseRewardFunction.metrics`.
+        groups: groups (pairs) rewarded.
+    """
+
+    abs_margin_sum: float = 0.0
+    comparisons: int = 0
+    clear_winners: int = 0
+    groups: int = 0
+
+    def __add__(self, other: JudgeStats) -> JudgeStats:
+        return JudgeStats(
+            self.abs_margin_sum + other.abs_margin_sum,
+            self.comparisons + other.comparisons,
+            self.clear_winners + other.clear_winners,
+            self.groups + other.groups,
+        )
+
+
+class _RecordingJudge:
+    """Passes ``compare`` through to ``judge`` and keeps every answer: (prompt key, a, b) -> P(a beats b)."""
+
+    def __init__(self, judge: SupportsCompare):
+        self.judge = judge
+        self.probabilities: dict[tuple, float] = {}
+
+    def compare(self, prompts, responses_a, responses_b) -> list[float]:
+        # Checked here so that a broken judge is named by its own class, not this wrapper's.
+        probs = check_probabilities(self.judge, self.judge.compare(prompts, responses_a, responses_b), len(prompts))
+        for prompt, a, b, p in zip(prompts, responses_a, responses_b, probs):
+            self.probabilities[(prompt_key(prompt), a, b)] = p
+        return probs
+
+    def probability(self, key, a: str, b: str) -> float | None:
+        """P(a beats b) if the judge compared them (in either order) for the prompt ``key``, else ``None``."""
+        if (key, a, b) in self.probabilities:
+            return self.probabilities[(key, a, b)]
+        if (key, b, a) in self.probabilities:
+            return 1.0 - self.probabilities[(key, b, a)]
+        return None
 
 
 class PairwiseRewardFunction:
@@ -67,6 +124,11 @@ class PairwiseRewardFunction:
         seed: knockout bracket seed; rewards depend only on (group, seed).
         system_message: leading system messages of conversational prompts, see :func:`judge_prompt`.
         name: the ``__name__`` TRL logs the reward under.
+        clear_win_probability: the P a group's best completion must reach against each completion it was compared
+            with to count as a clear winner (``rewards/<name>/clear_winner_rate``); default 0.75.
+
+    The judge can also be written for TRL's former judge API (only ``judge(prompts, completions,
+    shuffle_order=True)``): it is wrapped in a :class:`~rlhf_pairs.TRLJudgeAdapter` (:func:`~rlhf_pairs.as_judge`).
 
     Multi-process training: a ``"groups"`` call under ``torch.distributed`` with 2+ processes (started by
     ``accelerate launch`` or ``torchrun``) first gathers every process's prompts and completions (with accelerate's
@@ -90,6 +152,7 @@ class PairwiseRewardFunction:
         seed: int = 0,
         system_message: str = "merge",
         name: str = "pairwise_judge",
+        clear_win_probability: float = 0.75,
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}")
@@ -99,7 +162,12 @@ class PairwiseRewardFunction:
             raise ValueError(f"`num_generations` must be >= 2 (a group needs two completions), got {num_generations}")
         if system_message not in SYSTEM_MESSAGE_MODES:
             raise ValueError(f"`system_message` must be one of {SYSTEM_MESSAGE_MODES}, got {system_message!r}")
-        self.judge = judge
+        if not 0.5 < clear_win_probability <= 1.0:
+            raise ValueError(f"`clear_win_probability` must be in (0.5, 1], got {clear_win_probability}")
+        self.judge = as_judge(judge)
+        self.clear_win_probability = clear_win_probability
+        self.last_metrics: dict[str, float] = {}  # what the last call logged
+        self._metric_sink: Callable[[str, float], None] | None = None  # set by log_metrics_to (OnlineDPO)
         self.layout = layout
         self.method = method
         self.num_generations = num_generations
@@ -110,6 +178,30 @@ class PairwiseRewardFunction:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layout={self.layout!r}, method={self.method!r}, name={self.__name__!r})"
+
+    def log_metrics_to(self, trainer) -> None:
+        """Log :meth:`metrics` into ``trainer``'s own per-step statistics when TRL gives the reward function no
+        ``log_metric`` hook: ``OnlineDPOTrainer`` (``trl.experimental.online_dpo``) passes only ``trainer_state``,
+        but averages and logs every list in its ``trainer.stats`` at each logging step (as its ``objective/*``).
+        A trainer without ``stats`` (GRPO, RLOO: they pass ``log_metric``) is left alone."""
+        if isinstance(getattr(trainer, "stats", None), dict):
+            self._metric_sink = lambda name, value: trainer.stats.setdefault(name, []).append(value)
+
+    def metrics(self, stats: JudgeStats) -> dict[str, float]:
+        """The metrics a call logs, from its :class:`JudgeStats` (over all processes):
+
+        - ``rewards/<name>/decisiveness``: mean |P - 0.5| over the comparisons the judge made (distinct pairs of
+          different completions; P with both orders averaged): 0 for a judge that cannot tell completions apart,
+          0.5 for a certain one. 0 when no comparison was needed (every group's completions were identical).
+        - ``rewards/<name>/clear_winner_rate``: share of groups (OnlineDPO: pairs) whose best completion is unique
+          in its group and beat every completion it was compared with (round robin: all others; knockout: its
+          matches) with P >= ``clear_win_probability``.
+        """
+        prefix = f"rewards/{self.__name__}"
+        return {
+            f"{prefix}/decisiveness": stats.abs_margin_sum / stats.comparisons if stats.comparisons else 0.0,
+            f"{prefix}/clear_winner_rate": stats.clear_winners / stats.groups if stats.groups else 0.0,
+        }
 
     def __call__(
         self,
@@ -129,24 +221,41 @@ class PairwiseRewardFunction:
         judge_prompts = [judge_prompt(p, self.system_message) for p in prompts]
         texts = [completion_text(c) for c in completions]
         layout = self._resolve_layout([prompt_key(p) for p in judge_prompts], kwargs)
-        if layout == "pairs":
-            return self._pair_rewards(judge_prompts, texts)
+        log_metric = kwargs.get("log_metric") or self._metric_sink
         state = _process_state()
-        if state is None or state.num_processes == 1:
-            return self._group_rewards(judge_prompts, texts, owned=lambda g: True)
+        if layout == "pairs":
+            rewards, stats = self._pair_rewards(judge_prompts, texts)
+            if log_metric is not None and state is not None and state.num_processes > 1:
+                from accelerate.utils import gather_object
+
+                stats = sum(gather_object([stats]), JudgeStats())  # every process logs the same global numbers
+        elif state is None or state.num_processes == 1:
+            rewards, stats = self._group_rewards(judge_prompts, texts, owned=lambda g: True)
+        else:
+            rewards, stats = self._distributed_group_rewards(judge_prompts, texts, state)
+        self.last_metrics = self.metrics(stats)
+        if log_metric is not None:
+            for name, value in self.last_metrics.items():
+                log_metric(name, value)
+        return rewards
+
+    def _distributed_group_rewards(self, prompts: list[Prompt], texts: list[str], state) -> tuple[list, JudgeStats]:
+        """Gather everything, rank the groups this process owns, gather the rewards (and judge statistics) back and
+        keep the local slice."""
         from accelerate.utils import gather_object
 
         world_size, rank = state.num_processes, state.process_index
-        # Gather everything, rank the groups this process owns, gather the rewards back and keep the local slice.
-        parts = gather_object([(judge_prompts, texts)])  # one (prompts, texts) per process, in rank order
+        parts = gather_object([(prompts, texts)])  # one (prompts, texts) per process, in rank order
         offset = sum(len(part[1]) for part in parts[:rank])
         all_prompts = [p for part in parts for p in part[0]]
         all_texts = [t for part in parts for t in part[1]]
-        mine = self._group_rewards(all_prompts, all_texts, owned=lambda g: g % world_size == rank)
+        mine, stats = self._group_rewards(all_prompts, all_texts, owned=lambda g: g % world_size == rank)
         merged: dict[int, float] = {}
-        for part in gather_object([{i: r for i, r in enumerate(mine) if r is not None}]):
+        total = JudgeStats()
+        for part, part_stats in gather_object([({i: r for i, r in enumerate(mine) if r is not None}, stats)]):
             merged.update(part)
-        return [merged[i] for i in range(offset, offset + len(texts))]
+            total += part_stats
+        return [merged[i] for i in range(offset, offset + len(texts))], total
 
     def _resolve_layout(self, keys: list, kwargs: dict) -> str:
         if self.layout != "auto":
@@ -175,7 +284,7 @@ class PairwiseRewardFunction:
             )
         return self._auto_layout
 
-    def _pair_rewards(self, prompts: list[Prompt], texts: list[str]) -> list[float]:
+    def _pair_rewards(self, prompts: list[Prompt], texts: list[str]) -> tuple[list[float], JudgeStats]:
         """Completion i against i + N: P(i beats i + N) and its complement, in one ``compare`` call."""
         if len(texts) % 2:
             raise ValueError(
@@ -189,26 +298,25 @@ class PairwiseRewardFunction:
                     f"layout='pairs' expects prompts[i] == prompts[i + {n}] (OnlineDPO passes 2 * prompts), but "
                     f"prompts[{i}] != prompts[{i + n}]: {prompts[i]!r:.60} vs {prompts[i + n]!r:.60}"
                 )
-        results = rank_candidates(
-            self.judge, prompts[:n], [[texts[i], texts[i + n]] for i in range(n)], method="round_robin"
-        )
+        judge = _RecordingJudge(self.judge)
+        pairs = [[texts[i], texts[i + n]] for i in range(n)]
+        results = rank_candidates(judge, prompts[:n], pairs, method="round_robin")
         first = [result.scores[0] for result in results]
-        return first + [result.scores[1] for result in results]
+        stats = self._judge_stats(judge, prompts[:n], pairs, results)
+        return first + [result.scores[1] for result in results], stats
 
-    def _group_rewards(self, prompts: list[Prompt], texts: list[str], owned) -> list[float | None]:
-        """Rewards of the completions in the groups ``owned(group_index)`` selects; ``None`` for the others."""
+    def _group_rewards(self, prompts: list[Prompt], texts: list[str], owned) -> tuple[list[float | None], JudgeStats]:
+        """Rewards of the completions in the groups ``owned(group_index)`` selects (``None`` for the others), and
+        the judge's statistics over those groups."""
         groups = self._groups([prompt_key(p) for p in prompts])
         mine = [g for g in range(len(groups)) if owned(g)]
         rewards: list[float | None] = [None] * len(texts)
         if not mine:
-            return rewards
-        results = rank_candidates(
-            self.judge,
-            [prompts[groups[g][0]] for g in mine],
-            [[texts[i] for i in groups[g]] for g in mine],
-            method=self.method,
-            seed=self.seed,
-        )
+            return rewards, JudgeStats()
+        judge = _RecordingJudge(self.judge)
+        group_prompts = [prompts[groups[g][0]] for g in mine]
+        group_texts = [[texts[i] for i in groups[g]] for g in mine]
+        results = rank_candidates(judge, group_prompts, group_texts, method=self.method, seed=self.seed)
         for g, result in zip(mine, results):
             if self.method == "round_robin":
                 scores = result.scores
@@ -216,7 +324,32 @@ class PairwiseRewardFunction:
                 scores = [1.0 if j == result.best else 0.0 if j == result.worst else 0.5 for j in range(len(groups[g]))]
             for i, score in zip(groups[g], scores):
                 rewards[i] = float(score)
-        return rewards
+        return rewards, self._judge_stats(judge, group_prompts, group_texts, results)
+
+    def _judge_stats(
+        self,
+        judge: _RecordingJudge,
+        prompts: list[Prompt],
+        candidates: list[list[str]],
+        results: list[RankingResult],
+    ) -> JudgeStats:
+        """:class:`JudgeStats` of one ``rank_candidates`` call through ``judge`` (see :meth:`metrics`)."""
+        probabilities = judge.probabilities.values()
+        clear = 0
+        for prompt, texts, result in zip(prompts, candidates, results):
+            best = texts[result.best]
+            if texts.count(best) > 1:  # an identical twin is as good: no unique winner
+                continue
+            key = prompt_key(prompt)
+            wins = [judge.probability(key, best, other) for other in set(texts) - {best}]
+            wins = [p for p in wins if p is not None]  # knockout: only the matches the best played
+            clear += bool(wins) and min(wins) >= self.clear_win_probability
+        return JudgeStats(
+            abs_margin_sum=sum(abs(p - 0.5) for p in probabilities),
+            comparisons=len(probabilities),
+            clear_winners=clear,
+            groups=len(results),
+        )
 
     def _groups(self, keys: list) -> list[list[int]]:
         """Indices of each group: blocks of ``num_generations``, or runs of equal consecutive prompts."""

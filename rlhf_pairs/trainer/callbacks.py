@@ -11,6 +11,7 @@ import torch
 from transformers import GenerationConfig, Trainer, TrainerCallback
 
 from rlhf_pairs.data_utils import Prompt, judge_prompt
+from rlhf_pairs.judges.trl_adapter import as_judge
 from rlhf_pairs.ranking import SupportsCompare
 from rlhf_pairs.utils.io import write_json_atomic
 from rlhf_pairs.win_rate import WinRate, win_rate
@@ -28,7 +29,9 @@ class PairwiseWinRateCallback(TrainerCallback):
         trainer.add_callback(PairwiseWinRateCallback(judge, trainer, prompts=eval_prompts, freq=50))
 
     Args:
-        judge: anything with ``compare(prompts, responses_a, responses_b) -> list[float]``.
+        judge: anything with ``compare(prompts, responses_a, responses_b) -> list[float]``, or a judge written for
+            TRL's former API (only ``judge(prompts, completions, shuffle_order=True)``), wrapped in a
+            :class:`~rlhf_pairs.TRLJudgeAdapter`.
         trainer: the trainer it is attached to (for the model, tokenizer, accelerator and ``log``).
         prompts: strings or chat message lists; default: the ``prompt`` column of ``trainer.eval_dataset``.
         references: one reference completion per prompt. Default: the greedy completions of the *initial* policy,
@@ -86,7 +89,7 @@ class PairwiseWinRateCallback(TrainerCallback):
             references = list(references)[:num_prompts]
             if len(references) != len(prompts):
                 raise ValueError(f"got {len(references)} references for {len(prompts)} prompts; pass one per prompt")
-        self.judge = judge
+        self.judge = as_judge(judge)
         self.trainer = trainer
         self.prompts = prompts
         self.judge_prompts = [judge_prompt(p, system_message) for p in prompts]

@@ -96,8 +96,9 @@ def train_with_pair_judge(
 ):
     """The body of every online job: load the policy, judge and prompts, train ``trainer_class`` with the pair
     judge's reward (``layout`` as in :func:`build_reward`; ``"groups"`` uses the trainer config's
-    ``num_generations``, so a prompt sampled twice in a row still makes two groups), attach the win-rate callback,
-    save; returns the trainer."""
+    ``num_generations``, so a prompt sampled twice in a row still makes two groups) logging the judge's
+    ``rewards/pairwise_judge/{decisiveness,clear_winner_rate}``, attach the win-rate callback, save; returns the
+    trainer."""
     from trl import get_peft_config
 
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
@@ -109,14 +110,24 @@ def train_with_pair_judge(
     judge = judge_args.load(training_args.device)
     train_prompts, win_rate_prompts = load_prompt_splits(script_args)
     num_generations = training_args.num_generations if layout == "groups" else None
+    reward = build_reward(judge, script_args, layout=layout, num_generations=num_generations)
+    # OnlineDPO's own reference is a copy of the policy (create_reference_model), which TRL refuses under ZeRO-3:
+    # load the same weights from the same path instead.
+    reference = (
+        {"ref_model": load_causal_lm(model_args, training_args)}
+        if layout == "pairs" and not model_args.use_peft
+        else {}
+    )
     trainer = trainer_class(
         model=model,
-        reward_funcs=[build_reward(judge, script_args, layout=layout, num_generations=num_generations)],
+        **reference,
+        reward_funcs=[reward],
         args=training_args,
         train_dataset=train_prompts,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    reward.log_metrics_to(trainer)  # OnlineDPO: the judge's metrics into trainer.stats (GRPO passes log_metric)
     add_win_rate_callback(trainer, judge, script_args, win_rate_prompts)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     save_and_finish(trainer, training_args.output_dir)
