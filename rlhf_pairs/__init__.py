@@ -1,39 +1,65 @@
-"""rlhf_pairs: RLHF with pairwise preference models, on top of Hugging Face TRL."""
+"""rlhf_pairs: RLHF with pairwise preference models, on top of Hugging Face TRL.
 
-from rlhf_pairs.judges import (
-    DebertaV2PairRM,
-    PairPreferenceFormatter,
-    PairPreferenceJudge,
-    PairRMEncoder,
-    PairRMJudge,
-    PairwiseJudge,
-    TRLJudgeAdapter,
-    as_judge,
-    load_judge,
-)
-from rlhf_pairs.ranking import RankingResult, RankingStats, rank_candidates, rank_candidates_with_stats
-from rlhf_pairs.rewards import PairwiseRewardFunction
-from rlhf_pairs.trainer.callbacks import PairwiseWinRateCallback
-from rlhf_pairs.win_rate import WinRate, win_rate
+The public names below load on first use (PEP 562), so ``import rlhf_pairs`` and ``rlhf-pairs --help`` do not pay
+for torch, transformers and TRL until something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DebertaV2PairRM",
-    "PairPreferenceFormatter",
-    "PairPreferenceJudge",
-    "PairRMEncoder",
-    "PairRMJudge",
-    "PairwiseJudge",
-    "PairwiseRewardFunction",
-    "PairwiseWinRateCallback",
-    "TRLJudgeAdapter",
-    "WinRate",
-    "RankingResult",
-    "RankingStats",
-    "as_judge",
-    "load_judge",
-    "rank_candidates",
-    "rank_candidates_with_stats",
-    "win_rate",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "DebertaV2PairRM": "rlhf_pairs.judges",
+    "PairPreferenceFormatter": "rlhf_pairs.judges",
+    "PairPreferenceJudge": "rlhf_pairs.judges",
+    "PairRMEncoder": "rlhf_pairs.judges",
+    "PairRMJudge": "rlhf_pairs.judges",
+    "PairwiseJudge": "rlhf_pairs.judges",
+    "TRLJudgeAdapter": "rlhf_pairs.judges",
+    "as_judge": "rlhf_pairs.judges",
+    "load_judge": "rlhf_pairs.judges",
+    "RankingResult": "rlhf_pairs.ranking",
+    "RankingStats": "rlhf_pairs.ranking",
+    "rank_candidates": "rlhf_pairs.ranking",
+    "rank_candidates_with_stats": "rlhf_pairs.ranking",
+    "PairwiseRewardFunction": "rlhf_pairs.rewards",
+    "PairwiseWinRateCallback": "rlhf_pairs.trainer.callbacks",
+    "WinRate": "rlhf_pairs.win_rate",
+    "win_rate": "rlhf_pairs.win_rate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'rlhf_pairs' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from rlhf_pairs.judges import (  # noqa: F401
+        DebertaV2PairRM,
+        PairPreferenceFormatter,
+        PairPreferenceJudge,
+        PairRMEncoder,
+        PairRMJudge,
+        PairwiseJudge,
+        TRLJudgeAdapter,
+        as_judge,
+        load_judge,
+    )
+    from rlhf_pairs.ranking import RankingResult, RankingStats, rank_candidates, rank_candidates_with_stats  # noqa: F401
+    from rlhf_pairs.rewards import PairwiseRewardFunction  # noqa: F401
+    from rlhf_pairs.trainer.callbacks import PairwiseWinRateCallback  # noqa: F401
+    from rlhf_pairs.win_rate import WinRate, win_rate  # noqa: F401

@@ -115,3 +115,18 @@ def test_user_errors_are_one_line_and_a_nonzero_status(tmp_path):
     )
     debug = command("rank", "--dataset_name", "nope.jsonl", "--output", "o.jsonl", "--judge", "j", RLHF_PAIRS_DEBUG="1")
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
+
+
+def test_top_level_help_is_instant_it_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom rlhf_pairs.cli import main\nmain(['--help'])\n"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "import rlhf_pairs\nassert rlhf_pairs.rank_candidates.__name__ == 'rank_candidates'  # still importable\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tiny-models" in proc.stdout and "jobs:" in proc.stdout
