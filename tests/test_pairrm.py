@@ -280,7 +280,8 @@ def test_budgets_that_cannot_hold_a_comparison_are_refused(tiny_pairrm_path):
 
 # reward-bench's PairRM input format, transcribed from rewardbench 0.1.4 (rewardbench/models/pairrm.py:
 # tokenize_conv_pair and tokenize_pair, as its PairRMPipeline calls them), the reference for conversation_format
-# "rewardbench".
+# "rewardbench". Its text building and its tokenize_pair are line for line the card's (transcribed above, compared by
+# hand): what differs is that PairRMPipeline sends every prompt through tokenize_conv_pair, single-turn ones too.
 def rewardbench_tokenize_conv_pair(tokenizer, convAs, convBs, **kwargs):
     for c in convAs + convBs:
         assert len(c) % 2 == 0, "Each conversation must have even number of turns"
@@ -292,50 +293,7 @@ def rewardbench_tokenize_conv_pair(tokenizer, convAs, convBs, **kwargs):
         assert all([c_a[i]["content"] == c_b[i]["content"] for i in range(0, len(c_a), 2)]), (
             "USER turns must be the same"
         )
-
-    instructions = [
-        "Finish the following coversation in each i-th turn by filling in <Response i> with your response."
-    ] * len(convAs)
-    inputs = [
-        "\n".join(["USER: " + x[i]["content"] + f"\nAssistant: <Response {i // 2 + 1}>" for i in range(0, len(x), 2)])
-        for x in convAs
-    ]
-    cand1_texts = [
-        "\n".join([f"<Response {i // 2 + 1}>: " + x[i]["content"] for i in range(1, len(x), 2)]) for x in convAs
-    ]
-    cand2_texts = [
-        "\n".join([f"<Response {i // 2 + 1}>: " + x[i]["content"] for i in range(1, len(x), 2)]) for x in convBs
-    ]
-    inputs = [inst + inp for inst, inp in zip(instructions, inputs)]
-    return rewardbench_tokenize_pair(tokenizer, inputs, cand1_texts, cand2_texts, **kwargs)
-
-
-def rewardbench_tokenize_pair(
-    tokenizer,
-    sources,
-    candidate1s,
-    candidate2s,
-    source_prefix="<|source|>",
-    cand1_prefix="<|candidate1|>",
-    cand2_prefix="<|candidate2|>",
-    source_max_length=1224,
-    candidate_max_length=412,
-    **kwargs,
-):
-    ids = []
-    assert len(sources) == len(candidate1s) == len(candidate2s)
-    max_length = source_max_length + 2 * candidate_max_length
-    for i in range(len(sources)):
-        source_ids = tokenizer.encode(source_prefix + sources[i], max_length=source_max_length, truncation=True)
-        candidate_max_length = (max_length - len(source_ids)) // 2
-        candidate1_ids = tokenizer.encode(
-            cand1_prefix + candidate1s[i], max_length=candidate_max_length, truncation=True
-        )
-        candidate2_ids = tokenizer.encode(
-            cand2_prefix + candidate2s[i], max_length=candidate_max_length, truncation=True
-        )
-        ids.append(source_ids + candidate1_ids + candidate2_ids)
-    return tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding="max_length", max_length=max_length)
+    return card_tokenize_pair(tokenizer, *card_conv_texts(convAs, convBs), **kwargs)
 
 
 MULTI_TURN = [
