@@ -491,7 +491,8 @@ def test_a_kill_after_commit_leaves_partial_work_that_the_next_run_discards(tmp_
 
 # ---- distributed helpers ----
 class FakeZero3Config:
-    """Stands in for transformers' HfDeepSpeedConfig (DeepSpeed is not installed here)."""
+    """Stands in for transformers' HfDeepSpeedConfig, so this unit test needs no DeepSpeed launch (tests/test_deepspeed.py
+    runs the real one)."""
 
     config = {"zero_optimization": {"stage": 3}}
 

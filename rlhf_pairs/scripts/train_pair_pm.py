@@ -141,6 +141,8 @@ def main(script_args: PairPMConfig, training_args: SFTConfig, model_args: ModelC
             save_merged_lora(model_args, adapter_dir, training_args.output_dir, training_args)
     else:
         trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:  # the log history, held-out metrics included
+        trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
     trainer.accelerator.wait_for_everyone()
     logger.info(
         "saved to %s: load it with PairPreferenceJudge.from_pretrained(%r)",

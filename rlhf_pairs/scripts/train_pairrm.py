@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from transformers import TrainingArguments
 
@@ -90,6 +91,8 @@ def main(config: PairRMTrainConfig, training_args: TrainingArguments) -> dict:
 
     # ------------------------------------------------------------------ save
     trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:  # the log history, held-out metrics included
+        trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
     trainer.accelerator.wait_for_everyone()
     logger.info(
         "saved to %s: load it with PairRMJudge.from_pretrained(%r)", training_args.output_dir, training_args.output_dir

@@ -174,8 +174,11 @@ class PairPreferenceSFTTrainer(HeldOutPairwiseAccuracy, SFTTrainer):
             model,
             tokenizer,
             max_length=self.judge_max_length,
-            batch_tokens=2**62,  # batches of exactly max_batch_size rows: equal counts on every process
+            # Batches of exactly max_batch_size rows, no prefix sharing (its forwards depend on the rows): every
+            # process runs the same number of forwards, which ZeRO-3's parameter gathering needs.
+            batch_tokens=2**62,
             max_batch_size=self.args.per_device_eval_batch_size,
+            share_prefix=False,
             show_progress=False,
             cache_size=0,
         )
@@ -190,10 +193,12 @@ def save_merged_lora(model_args: ModelConfig, adapter_dir: str, output_dir: str,
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from rlhf_pairs.utils.distributed import zero3_init_disabled
     from rlhf_pairs.utils.models import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    base = load_causal_lm(model_args, training_args)
+    with zero3_init_disabled():  # whole weights, on this process alone (a ZeRO-3 load would wait for the others)
+        base = load_causal_lm(model_args, training_args)
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))
     base.config.pad_token_id = tokenizer.pad_token_id

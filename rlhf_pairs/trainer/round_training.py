@@ -4,7 +4,8 @@ best candidates (rejection sampling), resumable from its last complete checkpoin
 The policy, the explicit reference model and the tokenizer load through :mod:`rlhf_pairs.utils.models`, so
 ``ModelConfig`` and the trainer config's ``model_init_kwargs`` apply as everywhere else. LoRA comes from
 ``ModelConfig`` (``use_peft``) and is merged into the saved model, so the next round starts from a plain
-checkpoint.
+checkpoint. Under DeepSpeed ZeRO-3 the policy and the reference load partitioned and the saved model is whole: the
+Trainer gathers it, or with LoRA every process gathers the weights and the main one merges and saves.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from accelerate.logging import get_logger
 
 from rlhf_pairs.trainer.iterative_metrics import mean_logged_loss
 from rlhf_pairs.utils.checkpoints import last_complete_checkpoint, remove_incomplete_checkpoints
+from rlhf_pairs.utils.distributed import gathered_parameters
 from rlhf_pairs.utils.faults import kill_point
 from rlhf_pairs.utils.io import write_json_atomic
 
@@ -95,9 +97,10 @@ def train_round(
         save_dir.mkdir(parents=True)
     state.wait_for_everyone()
     if peft_config:
-        if state.is_main_process:
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(save_dir)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        with gathered_parameters(model):  # ZeRO-3: every process gathers the whole weights, the main one merges
+            if state.is_main_process:
+                model.merge_and_unload().save_pretrained(save_dir)
     else:
         trainer.save_model(str(save_dir))  # every process: gathers ZeRO-3 shards
     state.wait_for_everyone()

@@ -11,7 +11,9 @@ group's timeout is ``RLHF_PAIRS_DIST_TIMEOUT_S`` seconds (default 3 hours) inste
 
 Models loaded for plain inference (judges, the generation policy) are loaded under :func:`zero3_init_disabled`:
 under ZeRO-3 with ``zero3_init_flag: true``, parsing ``TrainingArguments`` makes every later ``from_pretrained``
-partition its weights, which only a DeepSpeed engine would gather.
+partition its weights, which only a DeepSpeed engine would gather. Code that reads a trained model's whole weights
+on one process (merging a LoRA adapter) gathers them first on every process with :func:`gathered_parameters`.
+Both run under real DeepSpeed in ``tests/test_deepspeed.py`` (2 CPU processes).
 """
 
 from __future__ import annotations
@@ -66,10 +68,9 @@ def zero3_init_disabled():
     """Inside the block, ``from_pretrained`` loads whole (unpartitioned) weights even when a ZeRO-3 config with
     ``zero3_init_flag`` is active, and ``generate`` does not sync with other processes (``synced_gpus``).
 
-    Use it for models that are never wrapped by DeepSpeed (judges, the HF generation policy). It clears
-    transformers' global DeepSpeed config reference and restores it on exit.
-    Untested with real DeepSpeed (not installed where the tests run): the unit test simulates an enabled ZeRO-3
-    config in the same module slot that transformers reads.
+    Use it for models that are never wrapped by DeepSpeed (judges, the HF generation policy), and for a model that
+    one process loads while the others wait: a ZeRO-3 ``from_pretrained`` is a collective, which would hang there.
+    It clears transformers' global DeepSpeed config reference and restores it on exit.
     """
     from transformers.integrations import deepspeed as hf_deepspeed
 
@@ -79,3 +80,19 @@ def zero3_init_disabled():
         yield
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+@contextlib.contextmanager
+def gathered_parameters(model):
+    """Inside the block every process holds ``model``'s whole parameters, also those that DeepSpeed ZeRO-3
+    partitioned (elsewhere: no change). Under ZeRO-3 this is a collective: call it on every process, even when only
+    one of them reads the weights. Changes made inside are not written back to the partitions.
+    """
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]  # the parameters DeepSpeed partitioned
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
