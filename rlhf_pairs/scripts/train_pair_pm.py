@@ -16,13 +16,11 @@ import os
 from trl import ModelConfig, SFTConfig
 
 from rlhf_pairs.configs import PairPMConfig
-from rlhf_pairs.data_utils import load_split
 from rlhf_pairs.trainer.pair_pm_data import (
     RenderedContextFormatter,
     comparisons,
+    load_preference_splits,
     pair_context,
-    preference_pairs,
-    split_pairs,
     tokenized_dataset,
 )
 from rlhf_pairs.trainer.pair_pm_trainer import (
@@ -72,19 +70,7 @@ def main(script_args: PairPMConfig, training_args: SFTConfig, model_args: ModelC
     # The main process of each node loads, converts and tokenizes first, writing the datasets cache; the others then
     # load the tokenized comparisons from it instead of running dataset_num_proc workers each on the same data.
     with training_args.main_process_first(desc="dataset preparation"):
-        rows = load_split(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split)
-        pairs, stats = preference_pairs(rows)
-        logger.info("train split: %s", stats.summary())
-        if script_args.dataset_test_split:
-            eval_rows = load_split(script_args.dataset_name, script_args.dataset_config, script_args.dataset_test_split)
-            eval_pairs, eval_stats = preference_pairs(eval_rows)
-            logger.info("test split: %s", eval_stats.summary())
-        else:
-            pairs, eval_pairs = split_pairs(pairs, script_args.eval_size, training_args.seed)
-        pairs = pairs[: script_args.max_train_pairs]
-        eval_pairs = eval_pairs[: script_args.max_eval_pairs]
-        if not pairs:
-            raise ValueError(f"no training pair left in {script_args.dataset_name!r} ({stats.summary()})")
+        pairs, eval_pairs, stats = load_preference_splits(script_args, training_args.seed)
         train_comps = comparisons(pairs, formatter, script_args.orders, training_args.seed)
         eval_comps = comparisons(eval_pairs, formatter, "both")
         cache_dir = tokenized_cache_dir()

@@ -16,8 +16,7 @@ import os
 from transformers import TrainingArguments
 
 from rlhf_pairs.configs import PairRMTrainConfig
-from rlhf_pairs.data_utils import load_split
-from rlhf_pairs.trainer.pair_pm_data import detect_schema, preference_pairs, split_pairs
+from rlhf_pairs.trainer.pair_pm_data import load_preference_splits
 from rlhf_pairs.trainer.pairrm_trainer import PairRMCollator, PairRMTrainer
 
 logger = logging.getLogger(__name__)
@@ -44,23 +43,7 @@ def main(config: PairRMTrainConfig, training_args: TrainingArguments) -> dict:
     encoder = PairRMEncoder(tokenizer, **encoder_kwargs)
 
     # ------------------------------------------------------------------ dataset
-    rows = load_split(config.dataset_name, config.dataset_config, config.dataset_train_split)
-    if detect_schema(rows.column_names) != "preference":
-        raise ValueError(
-            f"PairRM trains on prompt/chosen/rejected pairs; {config.dataset_name!r} has RLHFlow comparison rows "
-            f"(columns {rows.column_names}: `messages` without `chosen`/`rejected`), whose prompt is rendered text"
-        )
-    pairs, stats = preference_pairs(rows, schema="preference")
-    logger.info("train split: %s", stats.summary())
-    if config.dataset_test_split:
-        eval_rows = load_split(config.dataset_name, config.dataset_config, config.dataset_test_split)
-        eval_pairs, eval_stats = preference_pairs(eval_rows, schema="preference")
-        logger.info("test split: %s", eval_stats.summary())
-    else:
-        pairs, eval_pairs = split_pairs(pairs, config.eval_size, training_args.seed)
-    pairs, eval_pairs = pairs[: config.max_train_pairs], eval_pairs[: config.max_eval_pairs]
-    if not pairs:
-        raise ValueError(f"no training pair left in {config.dataset_name!r} ({stats.summary()})")
+    pairs, eval_pairs, stats = load_preference_splits(config, training_args.seed, schema="preference", trainer="PairRM")
     logger.info("%d training pairs (both orders per step), %d held-out pairs", len(pairs), len(eval_pairs))
 
     # ------------------------------------------------------------------ training

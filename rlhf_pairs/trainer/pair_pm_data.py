@@ -27,6 +27,7 @@ label token ("A" or "B"), optionally plus the end-of-turn token; every other pos
 
 from __future__ import annotations
 
+import logging
 import random
 import sys
 from collections import Counter
@@ -35,8 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_pairs.configs import ORDERS
-from rlhf_pairs.data_utils import Prompt, validate_prompt
+from rlhf_pairs.data_utils import Prompt, load_split, validate_prompt
 from rlhf_pairs.judges.pair_lm import PAIR_TEMPLATE, PairPreferenceFormatter
+
+logger = logging.getLogger(__name__)
 
 LABELS = ("A", "B")
 IGNORE_INDEX = -100
@@ -267,6 +270,34 @@ def preference_pairs(rows: Iterable[dict], schema: str | None = None) -> tuple[l
             stats.dropped[str(dropped)] += 1
     stats.pairs = len(pairs)
     return pairs, stats
+
+
+def load_preference_splits(args, seed: int, schema: str | None = None, trainer: str = "this job"):
+    """(training pairs, held-out pairs, the train split's :class:`ConversionStats`) for a pair-model training config
+    (``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``dataset_test_split``, ``eval_size``,
+    ``max_train_pairs``, ``max_eval_pairs``): the held-out pairs are the test split when one is named, else
+    ``eval_size`` pairs of the train split drawn with ``seed``; both lists are cut to their maximum.
+
+    ``schema="preference"`` refuses RLHFlow comparison rows (their prompt exists only as rendered text), naming
+    ``trainer``. Raises ``ValueError`` when no training pair is left."""
+    rows = load_split(args.dataset_name, args.dataset_config, args.dataset_train_split)
+    if schema == "preference" and detect_schema(rows.column_names) != "preference":
+        raise ValueError(
+            f"{trainer} trains on prompt/chosen/rejected pairs; {args.dataset_name!r} has RLHFlow comparison rows "
+            f"(columns {rows.column_names}: `messages` without `chosen`/`rejected`), whose prompt is rendered text"
+        )
+    pairs, stats = preference_pairs(rows, schema=schema)
+    logger.info("train split: %s", stats.summary())
+    if args.dataset_test_split:
+        eval_rows = load_split(args.dataset_name, args.dataset_config, args.dataset_test_split)
+        eval_pairs, eval_stats = preference_pairs(eval_rows, schema=schema)
+        logger.info("test split: %s", eval_stats.summary())
+    else:
+        pairs, eval_pairs = split_pairs(pairs, args.eval_size, seed)
+    pairs, eval_pairs = pairs[: args.max_train_pairs], eval_pairs[: args.max_eval_pairs]
+    if not pairs:
+        raise ValueError(f"no training pair left in {args.dataset_name!r} ({stats.summary()})")
+    return pairs, eval_pairs, stats
 
 
 def split_pairs(pairs: Sequence, eval_size: float, seed: int) -> tuple[list, list]:
