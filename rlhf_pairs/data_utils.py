@@ -355,8 +355,7 @@ def load_rows(
     file, for messages about a row; a ``.json`` file holding one LMFlow object, ``{"type": ..., "instances": [rows]}``
     (RLHFlow's older generation and annotation files, ``"type": "text_only"``: RLHFlow/Online-RLHF before commit
     d49a5dbbefbac7d1c6f3fce10e7d70201289b232), as its instances. Other ``.json`` files (a JSON array, a dict of
-    columns) go to datasets' reader."""
-    check_local_source(name)
+    columns) go to datasets' reader. A missing local path is refused by :func:`load_split`."""
     path = Path(name)
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         if config is not None:
