@@ -288,6 +288,9 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
         )
         if state.is_main_process:
             _write_output(Path(config.output), ranked)
+    # Every process has read the shards and the output is written before any returns: a caller may then move the
+    # output or remove the shards (iterate's rank stage commits and deletes its partial directory right after).
+    state.wait_for_everyone()
     summary.update(new_matches_this_process=matches, judge_rows_this_process=rows_judged)
     summary["pairs_per_second"] = matches / elapsed if elapsed > 0 and matches else 0.0
     touched = ", ".join(f"{notes[key]} {key}" for key in PROMPT_NOTES if notes[key])
