@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_pairs.data_utils import SYSTEM_MESSAGE_MODES
-from rlhf_pairs.judges.loading import JUDGE_TYPES
+from rlhf_pairs.judges.loading import JUDGE_TYPES, is_import_path, resolve_judge_class
 from rlhf_pairs.judges.pairrm import CANDIDATE_MAX_LENGTH, MAX_LENGTH, SOURCE_MAX_LENGTH
 from rlhf_pairs.pairs import PAIR_STRATEGIES
 from rlhf_pairs.ranking import METHODS
@@ -49,15 +49,21 @@ class JudgeArguments:
     """The judge every job loads (rank, eval, iterate, online-dpo, grpo), under the same names in every job.
 
     ``None`` for ``judge_attn_implementation``, ``judge_max_length`` or ``judge_batch_tokens`` keeps the judge's own
-    default; ``judge_max_length`` applies to the pair LM (PairRM's budgets are fixed by its card).
+    default; ``judge_max_length`` applies to the pair LM and the reward model (PairRM's budgets are fixed by its
+    card). ``judge_type`` also takes a judge class by import path (:mod:`rlhf_pairs.judges.loading`).
     """
 
     judge: str = field(metadata={"help": "Judge model: Hub name or local path."})
-    judge_type: str = field(default="pair_lm", metadata={"help": f"One of {JUDGE_TYPES}."})
+    judge_type: str = field(
+        default="pair_lm",
+        metadata={"help": f"One of {JUDGE_TYPES}, or your judge class by import path: 'my_pkg.my_module:MyJudge'."},
+    )
     judge_dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 on CUDA, fp32 on CPU) or a dtype."})
     judge_attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2."})
     judge_temperature: float = field(default=1.0, metadata={"help": "Judge temperature."})
-    judge_max_length: int | None = field(default=None, metadata={"help": "Pair LM truncation length (model max)."})
+    judge_max_length: int | None = field(
+        default=None, metadata={"help": "Pair LM / reward model truncation length (default: the model's maximum)."}
+    )
     judge_batch_tokens: int | None = field(default=None, metadata={"help": "Padded tokens per judge batch."})
     judge_pairrm_format: str = field(
         default="card",
@@ -68,7 +74,10 @@ class JudgeArguments:
     )
 
     def __post_init__(self):
-        check_choice("judge_type", self.judge_type, JUDGE_TYPES)
+        if is_import_path(self.judge_type):
+            resolve_judge_class(self.judge_type)  # a bad path fails here, before any work
+        else:
+            check_choice("judge_type", self.judge_type, JUDGE_TYPES)
         if self.judge_temperature <= 0:
             raise ValueError(f"`judge_temperature` must be > 0, got {self.judge_temperature}")
         check_positive(self, "judge_max_length", "judge_batch_tokens")

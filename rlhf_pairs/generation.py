@@ -22,42 +22,13 @@ from pathlib import Path
 
 import torch
 
-from rlhf_pairs.data_utils import Prompt, as_messages
-from rlhf_pairs.tokenization import SafeEncoder
+from rlhf_pairs.data_utils import Prompt
+from rlhf_pairs.tokenization import ChatPromptEncoder
 from rlhf_pairs.utils.faults import kill_point
 from rlhf_pairs.utils.io import read_jsonl, write_jsonl_atomic
 
 # A sampler: (prompts, seed) -> (responses per prompt, sanitized count per prompt), as generate_candidates returns.
 Sampler = Callable[[Sequence[Prompt], int], tuple[list[list[str]], list[int]]]
-
-_SENTINEL = "\x00RLHF_PAIRS_MESSAGE_{}\x00"
-
-
-class ChatPromptEncoder:
-    """Token ids of a chat prompt under the tokenizer's chat template, with message contents kept as plain text."""
-
-    def __init__(self, tokenizer):
-        if tokenizer.chat_template is None:
-            raise ValueError(f"the policy's tokenizer ({type(tokenizer).__name__}) has no chat template")
-        self.tokenizer = tokenizer
-        self.encoder = SafeEncoder(tokenizer)
-
-    def encode(self, prompt: Prompt) -> list[int]:
-        messages = as_messages(prompt)
-        if not any(self.encoder.has_special(m["content"]) for m in messages):
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return self.encoder.template(text)
-        # Render with placeholders, then encode the template pieces as template and the contents as plain text.
-        placeholders = [{**m, "content": _SENTINEL.format(i)} for i, m in enumerate(messages)]
-        text = self.tokenizer.apply_chat_template(placeholders, add_generation_prompt=True, tokenize=False)
-        ids: list[int] = []
-        for i, message in enumerate(messages):
-            sentinel = _SENTINEL.format(i)
-            if text.count(sentinel) != 1:
-                raise ValueError("the chat template must place every message's content exactly once")
-            head, text = text.split(sentinel)
-            ids += self.encoder.template(head) + self.encoder.plain(message["content"])
-        return ids + self.encoder.template(text)
 
 
 @dataclass

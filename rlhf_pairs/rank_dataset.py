@@ -1,11 +1,13 @@
-"""The ``rank`` job's runner, used by ``iterate`` too: rank every prompt's candidate responses with a pair judge,
-sharded over processes, resumable.
+"""The ``rank`` job's runner, used by ``iterate`` and ``best-of-n`` too: rank every prompt's candidate responses with
+a judge, sharded over processes, resumable.
 
 Input: any datasets-loadable source with ``prompt`` (str or messages) and ``responses`` (list[str]), the RLHFlow
 Online-RLHF generation format, also its older LMFlow files (``{"type": ..., "instances": [...]}``, see
 :func:`~rlhf_pairs.data_utils.load_rows`). Output: the input rows, in input order and with their ``prompt`` as given,
 plus ``best``, ``worst``, ``scores``, ``rewards`` (one per response, RLHFlow's annotation column: argmax = best,
-argmin = worst, see :func:`~rlhf_pairs.pairs.ranking_rewards`), ``num_comparisons``, ``margin``, ``skipped`` and, for
+argmin = worst, see :func:`~rlhf_pairs.pairs.ranking_rewards`; with a pointwise judge such as a reward model, its
+own scores), ``num_comparisons``, ``num_scored`` (responses a pointwise judge scored: it ranks by sorting, with no
+matches, see :mod:`rlhf_pairs.ranking`), ``margin``, ``skipped`` and, for
 DPO, ``chosen``/``rejected`` (the best and worst responses in TRL's preference format matching the prompt, see
 :func:`~rlhf_pairs.pairs.preference_columns`; ``None`` for a skipped prompt).
 
@@ -86,7 +88,9 @@ def check_rank_rows(rows: list[dict], where, system_message: str = "merge") -> t
     return judge_prompts, counts
 
 
-OUTPUT_COLUMNS = ("best", "worst", "scores", "rewards", "num_comparisons", "margin", "skipped", "chosen", "rejected")
+OUTPUT_COLUMNS = (
+    "best", "worst", "scores", "rewards", "num_comparisons", "num_scored", "margin", "skipped", "chosen", "rejected",
+)  # fmt: skip
 
 
 def check_parquet_writable(rows: list[dict]) -> None:
@@ -171,6 +175,7 @@ def rank_rows(
                 "scores": res.scores,
                 "rewards": ranking_rewards(len(responses), res.best, res.worst, res.scores),
                 "num_comparisons": res.num_comparisons,
+                "num_scored": res.num_scored,
                 "margin": res.margin,
                 "skipped": res.skipped,
                 **pair,
@@ -250,7 +255,7 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
     if config.max_shards is not None:
         todo = todo[: config.max_shards]
     judge = judge_args.load(state.device) if todo else None
-    matches = rows_judged = 0
+    matches = rows_judged = rows_scored = 0
     start = time.perf_counter()
     for k in tqdm(todo, main_process_only=True, desc="ranking shards"):
         if hasattr(judge, "clear_cache"):  # a hit from an earlier shard would make this shard depend on it
@@ -271,6 +276,7 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
         kill_point("shard")
         matches += stats.matches
         rows_judged += stats.rows_judged
+        rows_scored += stats.rows_scored
     elapsed = time.perf_counter() - start
     state.wait_for_everyone()
 
@@ -285,21 +291,26 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
             ranked=sum(r["skipped"] is None for r in ranked),
             skipped=sum(r["skipped"] is not None for r in ranked),
             comparisons=sum(r["num_comparisons"] for r in ranked),
+            scored=sum(r["num_scored"] for r in ranked),
         )
         if state.is_main_process:
             _write_output(Path(config.output), ranked)
     # Every process has read the shards and the output is written before any returns: a caller may then move the
     # output or remove the shards (iterate's rank stage commits and deletes its partial directory right after).
     state.wait_for_everyone()
-    summary.update(new_matches_this_process=matches, judge_rows_this_process=rows_judged)
+    summary.update(
+        new_matches_this_process=matches, judge_rows_this_process=rows_judged, scored_rows_this_process=rows_scored
+    )
     summary["pairs_per_second"] = matches / elapsed if elapsed > 0 and matches else 0.0
     touched = ", ".join(f"{notes[key]} {key}" for key in PROMPT_NOTES if notes[key])
     logger.info(
-        "rank: %d prompts, %s ranked, %s skipped, %s comparisons%s over %d process(es), %.1f pairs/s (main process)%s",
+        "rank: %d prompts, %s ranked, %s skipped, %s comparisons, %s responses scored%s over %d process(es), %.1f "
+        "pairs/s (main process)%s",
         len(rows),
         summary.get("ranked", "?"),
         summary.get("skipped", "?"),
         summary.get("comparisons", "?"),
+        summary.get("scored", "?"),
         f" (prompts: {touched})" if touched else "",
         state.num_processes,
         summary["pairs_per_second"],

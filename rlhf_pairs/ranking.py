@@ -29,6 +29,13 @@ Round robin (``method="round_robin"``): all n(n-1)/2 pairs in one call; ``scores
 P(i beats j); ``best`` is the argmax (ties: lowest index), ``worst`` the argmin (ties: highest index, so best and
 worst differ even when every score ties). The exact reference, for small n.
 
+Pointwise judges (a judge with ``score_responses(prompts, responses) -> list[float]``, e.g. a reward model,
+:class:`~rlhf_pairs.judges.base.RewardJudge`): ranking is by score, not by matches: every distinct candidate text is
+scored once (n rows for n distinct candidates, all prompts in one ``score_responses`` call, 0 matches), ``best`` is
+the argmax (ties: lowest index), ``worst`` the argmin (ties: highest index, as round robin), ``scores`` the judge's
+own scores, and ``margin`` P(best beats worst) from one batched ``compare`` call (which a reward judge answers from
+its cached scores). ``pointwise=False`` forces the tournament with such a judge.
+
 Match outcome: with p = P(a beats b), a wins if p > 0.5, b if p < 0.5, and on an exact tie (p == 0.5) the candidate
 with the lower original index wins (so in the losers' bracket the higher index advances as the worse one).
 
@@ -65,6 +72,17 @@ class SupportsCompare(Protocol):
         ...
 
 
+class SupportsScores(SupportsCompare, Protocol):
+    def score_responses(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        """A score per (prompt, response) row, higher is better (a reward)."""
+        ...
+
+
+def is_pointwise(judge) -> bool:
+    """Whether ``judge`` scores responses one at a time (has a callable ``score_responses``)."""
+    return callable(getattr(judge, "score_responses", None))
+
+
 @dataclass
 class RankingResult:
     """The ranking of one prompt's candidates.
@@ -72,13 +90,15 @@ class RankingResult:
     Attributes:
         best: index of the best candidate in the prompt's candidate list; ``None`` when there is no candidate.
         worst: index of the worst candidate; ``None`` with ``find_worst=False`` or when there is no candidate.
-        scores: round robin only: per candidate, the mean P(it beats another candidate); ``None`` for knockout.
+        scores: round robin: per candidate, the mean P(it beats another candidate); a pointwise judge: its score
+            of each candidate; ``None`` for knockout.
         num_comparisons: matches played for this prompt (one match = one ``compare`` row, both orders judged),
-            cache hits and identical-text ties included.
+            cache hits and identical-text ties included; 0 with a pointwise judge.
         skipped: why the prompt was not ranked (``"fewer than 2 candidates"``), else ``None``. A prompt with one
             candidate gets best = 0 (and worst = 0 when asked for), with none best = worst = ``None``.
-        margin: P(best beats worst) when those two met in a match (always for round robin and for n = 2), else
-            ``None``.
+        margin: P(best beats worst) when those two met in a match (always for round robin, for n = 2 and with a
+            pointwise judge), else ``None``.
+        num_scored: candidates scored one at a time by a pointwise judge (n, cache hits included); 0 otherwise.
     """
 
     best: int | None
@@ -87,6 +107,7 @@ class RankingResult:
     num_comparisons: int
     skipped: str | None = None
     margin: float | None = None
+    num_scored: int = 0
 
 
 @dataclass
@@ -94,14 +115,17 @@ class RankingStats:
     """What one :func:`rank_candidates_with_stats` call cost.
 
     Attributes:
-        compare_calls: ``judge.compare`` calls made (one per round that needed the judge).
-        rows_judged: rows sent to the judge (distinct text pairs per prompt, identical texts excluded).
+        compare_calls: ``judge.compare`` calls made (one per round that needed the judge; with a pointwise judge,
+            the one call for the margins).
+        rows_judged: match rows sent to the judge (distinct text pairs per prompt, identical texts excluded).
         matches: matches played over all prompts (the sum of ``num_comparisons``).
+        rows_scored: pointwise judges: (prompt, text) rows sent to ``score_responses`` (distinct texts per prompt).
     """
 
     compare_calls: int = 0
     rows_judged: int = 0
     matches: int = 0
+    rows_scored: int = 0
 
     @property
     def cache_hits(self) -> int:
@@ -127,27 +151,31 @@ def rank_candidates(
     method: str = "knockout",
     seed: int = 0,
     find_worst: bool = True,
+    pointwise: bool | None = None,
 ) -> list[RankingResult]:
-    """Rank each prompt's candidate responses with a pairwise judge; one :class:`RankingResult` per prompt.
+    """Rank each prompt's candidate responses with a judge; one :class:`RankingResult` per prompt.
 
     Args:
         judge: any object with ``compare(prompts, responses_a, responses_b) -> list[float]`` returning
-            P(a is better than b), e.g. a :class:`~rlhf_pairs.PairwiseJudge`.
+            P(a is better than b), e.g. a :class:`~rlhf_pairs.PairwiseJudge`; with ``score_responses`` too (a
+            reward model), candidates are ranked by their scores (see the module docstring).
         prompts: one prompt per row, a string or a chat message list ending with a user turn.
         candidates: per prompt, the list of candidate responses (strings). Prompts with fewer than 2 candidates
             are skipped (see :class:`RankingResult`); the others are still ranked in the same batched calls.
         method: ``"knockout"`` (n - 1 matches for the best, at most ceil(n/2) - 1 more for the worst) or
             ``"round_robin"`` (all n(n-1)/2 pairs, with per-candidate scores).
         seed: seeds the knockout brackets (unused by round robin). Results depend only on (inputs, seed).
-        find_worst: knockout only: also run the losers' bracket for the worst candidate.
+        find_worst: also find the worst candidate (knockout: run the losers' bracket).
+        pointwise: ``None`` (default): rank by scores when the judge has ``score_responses``; ``False``: always
+            play the tournament of ``method``; ``True``: require scores.
 
     Raises:
         ValueError: mismatched lengths, malformed prompts or candidate lists, an unknown method, or a judge that
-            returns the wrong number of probabilities or a non-finite one.
+            returns the wrong number of probabilities (scores) or a non-finite one.
 
     See the module docstring for the bracket, tie and caching rules.
     """
-    results, _ = rank_candidates_with_stats(judge, prompts, candidates, method, seed, find_worst)
+    results, _ = rank_candidates_with_stats(judge, prompts, candidates, method, seed, find_worst, pointwise)
     return results
 
 
@@ -158,12 +186,19 @@ def rank_candidates_with_stats(
     method: str = "knockout",
     seed: int = 0,
     find_worst: bool = True,
+    pointwise: bool | None = None,
 ) -> tuple[list[RankingResult], RankingStats]:
     """:func:`rank_candidates`, also returning the :class:`RankingStats` of the call (judge calls, rows sent)."""
     _validate(prompts, candidates, method)
+    if pointwise is None:
+        pointwise = is_pointwise(judge)
+    elif pointwise and not is_pointwise(judge):
+        raise ValueError(f"pointwise=True needs a judge with score_responses(); {type(judge).__name__} has none")
     stats = RankingStats()
     results: list[RankingResult | None] = [None] * len(prompts)
     keys = [prompt_key(prompt) for prompt in prompts]
+    if pointwise:
+        return _rank_by_scores(judge, prompts, candidates, keys, find_worst, stats), stats
     # Per active prompt: its tournament, the matches of its current round, and every match played so far.
     active: dict[int, tuple[Tournament, list[Match], dict[Match, float]]] = {}
     for i, texts in enumerate(candidates):
@@ -207,6 +242,56 @@ def rank_candidates_with_stats(
                 stats.matches += len(played)
                 del active[i]
     return results, stats
+
+
+def _rank_by_scores(
+    judge: SupportsScores,
+    prompts: Sequence[Prompt],
+    candidates: Sequence[Sequence[str]],
+    keys: list,
+    find_worst: bool,
+    stats: RankingStats,
+) -> list[RankingResult]:
+    """Every prompt ranked by its candidates' scores: one ``score_responses`` call over the distinct (prompt, text)
+    rows of all prompts, one ``compare`` call for the margins (P(best beats worst))."""
+    rows: dict[tuple, int] = {}  # (prompt key, text) -> the prompt asking first
+    for i, texts in enumerate(candidates):
+        if len(texts) >= 2:
+            for text in texts:
+                rows.setdefault((keys[i], text), i)
+    scored: dict[tuple, float] = {}
+    if rows:
+        order = list(rows)
+        scores = judge.score_responses([prompts[rows[key]] for key in order], [key[1] for key in order])
+        scored = dict(zip(order, check_scores(judge, scores, len(order))))
+        stats.rows_scored += len(order)
+    results: list[RankingResult] = []
+    for i, texts in enumerate(candidates):
+        n = len(texts)
+        if n < 2:
+            only = 0 if n == 1 else None
+            results.append(RankingResult(only, only if find_worst else None, None, 0, skipped=SKIPPED_TOO_FEW))
+            continue
+        scores = [scored[(keys[i], text)] for text in texts]
+        best = max(range(n), key=lambda j: (scores[j], -j))  # ties: lowest index
+        worst = min(range(n), key=lambda j: (scores[j], -j)) if find_worst else None  # ties: highest index
+        results.append(RankingResult(best, worst, scores, 0, num_scored=n))
+    # P(best beats worst): 0.5 for identical texts, else one batched compare (a reward judge answers from its cache).
+    distinct = [i for i, r in enumerate(results) if r.skipped is None and r.worst is not None]
+    for i in distinct:
+        if candidates[i][results[i].best] == candidates[i][results[i].worst]:
+            results[i].margin = 0.5
+    distinct = [i for i in distinct if results[i].margin is None]
+    if distinct:
+        margins = judge.compare(
+            [prompts[i] for i in distinct],
+            [candidates[i][results[i].best] for i in distinct],
+            [candidates[i][results[i].worst] for i in distinct],
+        )
+        for i, margin in zip(distinct, check_probabilities(judge, margins, len(distinct))):
+            results[i].margin = margin
+        stats.compare_calls += 1
+    return results
 
 
 def _knockout(order: list[int], find_worst: bool) -> Tournament:
@@ -311,6 +396,24 @@ def check_probabilities(judge, probs: Sequence[float], expected: int) -> list[fl
         if not 0.0 <= value <= 1.0:  # NaN fails this too
             raise ValueError(f"`{name}` returned {value} for row {row}; expected a probability in [0, 1]")
         out.append(value)
+    return out
+
+
+def check_scores(judge, scores: Sequence[float], expected: int) -> list[float]:
+    """``scores`` as floats; raises ``ValueError`` naming the judge's class unless ``judge.score_responses``
+    returned ``expected`` finite real numbers (a string, a bool, NaN or inf is a broken judge)."""
+    name = f"{type(judge).__name__}.score_responses"
+    if isinstance(scores, (str, bytes)) or not hasattr(scores, "__len__"):
+        raise ValueError(f"`{name}` must return a list of scores, got {type(scores).__name__}")
+    if len(scores) != expected:
+        raise ValueError(f"`{name}` returned {len(scores)} scores for {expected} responses")
+    out = []
+    for row, score in enumerate(scores):
+        if isinstance(score, (str, bytes, bool)) or not isinstance(score, numbers.Real):
+            raise ValueError(f"`{name}` returned {score!r} ({type(score).__name__}) for row {row}; expected a float")
+        if not math.isfinite(float(score)):
+            raise ValueError(f"`{name}` returned {float(score)} for row {row}; expected a finite score")
+        out.append(float(score))
     return out
 
 

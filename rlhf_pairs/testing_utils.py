@@ -160,3 +160,36 @@ def build_tiny_pairrm(path: str | Path, seed: int = 0, initializer_range: float 
     DebertaV2PairRM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_tiny_reward_model(
+    path: str | Path, seed: int = 0, initializer_range: float = 0.3, num_layers: int = 2, pad_token: bool = True
+) -> Path:
+    """Save a tiny random Bradley-Terry reward model (``LlamaForSequenceClassification``, one output) with a
+    Llama-3-style tokenizer and chat template to ``path``, in the layout of ``sfairXC/FsfairX-LLaMA3-RM-v0.1`` /
+    ``Skywork/Skywork-Reward-Llama-3.1-8B``. ``pad_token``: give it a pad token distinct from EOS (Llama-3.1 RMs
+    pad with a reserved token); without one the judge falls back to EOS, as RewardBench does."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    path = Path(path)
+    tokenizer = train_tiny_bpe_tokenizer()
+    if pad_token:
+        tokenizer.pad_token = "<|end_of_text|>"
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        initializer_range=initializer_range,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+    )
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -7,6 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
+from rlhf_pairs.data_utils import Prompt, as_messages
+
+_SENTINEL = "\x00RLHF_PAIRS_MESSAGE_{}\x00"
+
 
 class SafeEncoder:
     """Encodes template text (whose special-token strings are meant) around untrusted text (whose are not).
@@ -55,6 +59,46 @@ class SafeEncoder:
     def template(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Ids of trusted template text: special-token strings become special tokens."""
         return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+
+class ChatPromptEncoder:
+    """Token ids of a conversation under the tokenizer's chat template, with message contents kept as plain text.
+
+    :meth:`encode` renders a prompt with the generation prompt added (the policy's input); :meth:`encode_messages`
+    any conversation, e.g. a prompt and the response a reward model scores. A content holding a special-token string
+    (``<|eot_id|>``) is encoded as plain text; without one the ids are those of ``apply_chat_template(...,
+    tokenize=True)`` (the template's own BOS once, no other special token added).
+    """
+
+    def __init__(self, tokenizer, owner: str = "the policy's tokenizer"):
+        if tokenizer.chat_template is None:
+            raise ValueError(f"{owner} ({type(tokenizer).__name__}) has no chat template")
+        self.tokenizer = tokenizer
+        self.encoder = SafeEncoder(tokenizer)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """The ids of ``prompt`` (a string or messages) with the generation prompt added."""
+        return self.encode_messages(as_messages(prompt), add_generation_prompt=True)
+
+    def encode_messages(self, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+        if not any(self.encoder.has_special(m["content"]) for m in messages):
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+            return self.encoder.template(text)
+        # Render with placeholders, then encode the template pieces as template and the contents as plain text.
+        placeholders = [{**m, "content": _SENTINEL.format(i)} for i, m in enumerate(messages)]
+        text = self.tokenizer.apply_chat_template(
+            placeholders, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+        ids: list[int] = []
+        for i, message in enumerate(messages):
+            sentinel = _SENTINEL.format(i)
+            if text.count(sentinel) != 1:
+                raise ValueError("the chat template must place every message's content exactly once")
+            head, text = text.split(sentinel)
+            ids += self.encoder.template(head) + self.encoder.plain(message["content"])
+        return ids + self.encoder.template(text)
 
 
 def batches_by_tokens(lengths: Sequence[int], max_tokens: int, max_batch_size: int) -> list[list[int]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_pairs.testing_utils import build_tiny_pair_lm, build_tiny_pairrm
+from rlhf_pairs.testing_utils import build_tiny_pair_lm, build_tiny_pairrm, build_tiny_reward_model
 
 # Helpers shared by the training tests (plain functions: import them with `from conftest import ...`).
 NEUTRAL = "the quick brown fox jumps over lazy dog".split()
@@ -82,6 +82,11 @@ def tiny_pair_lm_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_pairrm_path(tmp_path_factory):
     return build_tiny_pairrm(tmp_path_factory.mktemp("models") / "tiny-pairrm")
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_path(tmp_path_factory):
+    return build_tiny_reward_model(tmp_path_factory.mktemp("models") / "tiny-reward-model")
 
 
 ROOT = Path(__file__).resolve().parents[1]

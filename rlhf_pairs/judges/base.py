@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_pairs.data_utils import Prompt, prompt_key, validate_prompt
+from rlhf_pairs.ranking import check_scores
 
 
 def check_pair_inputs(prompts: Sequence, responses_a: Sequence, responses_b: Sequence) -> None:
@@ -231,3 +232,115 @@ class PairwiseJudge(ABC):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+
+class RewardJudge(PairwiseJudge):
+    """A judge that scores every response on its own: a reward r(prompt, response), e.g. a Bradley-Terry reward model.
+
+    P(a better than b) = sigmoid((r_a - r_b) / ``temperature``), the Bradley-Terry model the reward was trained
+    under, so everything written for a pair judge (ranking, rewards, evaluation) works with it. A subclass implements
+    :meth:`reward_batch`; it inherits:
+
+    - :meth:`score_responses`: the rewards of (prompt, response) rows, each distinct row computed once while it stays
+      in the cache (``num_scored_responses`` counts the rows sent to the model);
+    - :meth:`compare`: the rewards of both responses of every pair (one :meth:`score_responses` call), combined;
+    - the pair-judge contract (:meth:`score_ordered_pairs` returns r_first - r_second), so position metrics of an
+      evaluation are exact: a reward model is order-invariant by construction.
+
+    :func:`rlhf_pairs.ranking.rank_candidates` recognises a judge with ``score_responses`` and ranks n candidates by
+    n rewards and a sort instead of a tournament.
+
+    Args:
+        temperature: divides the reward difference before the sigmoid (> 0).
+        cache_size: how many rewards to keep (least recently used are dropped); 0 disables caching.
+    """
+
+    def __init__(self, temperature: float = 1.0, cache_size: int = 100_000):
+        super().__init__(cache_size=cache_size)
+        if temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature}")
+        self.temperature = temperature
+        self._rewards: OrderedDict[tuple, float] = OrderedDict()
+        self.num_scored_responses = 0  # (prompt, response) rows sent to the model (cache hits excluded)
+
+    @abstractmethod
+    def reward_batch(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
+        """The rewards of (prompt, response) rows in one batched call: a float tensor of shape (len(prompts),).
+        Inputs are validated and distinct."""
+
+    def score_responses(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        """r(prompts[i], responses[i]) for every row (floats, through the cache). Raises ``ValueError`` for
+        mismatched lengths, non-string responses or malformed prompts."""
+        for name, value in (("prompts", prompts), ("responses", responses)):
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise ValueError(f"`{name}` must be a list, got {type(value).__name__}")
+        if len(prompts) != len(responses):
+            raise ValueError(
+                f"`prompts` and `responses` must have the same length, got {len(prompts)} and {len(responses)}"
+            )
+        for i, response in enumerate(responses):
+            if not isinstance(response, str):
+                raise ValueError(f"`responses[{i}]` must be a string, got {type(response).__name__}")
+        for i, prompt in enumerate(prompts):
+            validate_prompt(prompt, f"prompts[{i}]")
+        keys = [(prompt_key(p), r) for p, r in zip(prompts, responses)]
+        todo: dict[tuple, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._rewards and key not in todo:
+                todo[key] = i
+        fresh: dict[tuple, float] = {}
+        if todo:
+            rows = list(todo.values())
+            rewards = self.reward_batch([prompts[i] for i in rows], [responses[i] for i in rows])
+            self.num_scored_responses += len(rows)
+            fresh = dict(zip(todo, check_scores(self, rewards.detach().double().cpu().tolist(), len(rows))))
+        values = [fresh[key] if key in fresh else self._rewards[key] for key in keys]
+        if self.cache_size > 0:
+            for key in keys:
+                if key in self._rewards:
+                    self._rewards.move_to_end(key)
+            self._rewards.update(fresh)
+            while len(self._rewards) > self.cache_size:
+                self._rewards.popitem(last=False)
+        return values
+
+    def preference(self, reward_difference: torch.Tensor) -> torch.Tensor:
+        """P(a better than b) from r_a - r_b (float64): sigmoid(difference / temperature)."""
+        return torch.sigmoid(reward_difference.double() / self.temperature)
+
+    def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
+        check_pair_inputs(prompts, responses_a, responses_b)
+        n = len(prompts)
+        rewards = torch.tensor(self.score_responses([*prompts, *prompts], [*responses_a, *responses_b]))
+        return self.preference(rewards[:n] - rewards[n:]).tolist()
+
+    def compare_at_temperature(
+        self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str], temperature: float
+    ) -> list[float]:
+        """:meth:`compare` at ``temperature``; the cached rewards do not depend on it, so nothing is scored again."""
+        if temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature}")
+        own, self.temperature = self.temperature, temperature
+        try:
+            return self.compare(prompts, responses_a, responses_b)
+        finally:
+            self.temperature = own
+
+    def score_ordered_pairs(
+        self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
+    ) -> torch.Tensor:
+        """r_first - r_second for every row (float64), from the reward cache."""
+        n = len(prompts)
+        rewards = torch.tensor(self.score_responses([*prompts, *prompts], [*first, *second]), dtype=torch.float64)
+        return rewards[:n] - rewards[n:]
+
+    def combine_orders(self, forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+        """sigmoid((r_a - r_b) / temperature): ``forward - backward`` is exactly 2 (r_a - r_b)."""
+        return self.preference((forward.double() - backward.double()) / 2)
+
+    def first_probability(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.preference(scores)
+
+    def clear_cache(self) -> None:
+        super().clear_cache()
+        self._rewards.clear()

@@ -1,10 +1,67 @@
-"""Load a seed-family judge by type name: the one place jobs (rank, eval, online DPO, iterate) build judges."""
+"""Load a judge by type name or import path: the one place jobs (rank, eval, iterate, online DPO, GRPO) build judges.
+
+``judge_type`` is one of :data:`JUDGE_TYPES` or an import path ``package.module:Class`` naming your own judge:
+
+- a :class:`~rlhf_pairs.judges.base.PairwiseJudge` subclass (or any class with ``compare`` and a
+  ``from_pretrained``): built as ``Class.from_pretrained(judge, device=..., **options)``;
+- a judge written for TRL's former API (a class with ``judge(prompts, completions, shuffle_order)`` and no
+  ``from_pretrained``, e.g. TRL 0.19's ``HfPairwiseJudge``): built as ``Class(judge)`` and wrapped in
+  :class:`~rlhf_pairs.judges.trl_adapter.TRLJudgeAdapter`.
+
+``options`` are the judge settings the user changed from their defaults (``dtype``, ``attn_implementation``,
+``temperature``, ``max_length``, ``batch_tokens``) plus any extra keyword arguments; ``device`` is passed when
+``from_pretrained`` accepts it. A setting the class does not accept is an error that names it, never silently lost.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+
 from rlhf_pairs.judges.base import PairwiseJudge
 
-JUDGE_TYPES = ("pair_lm", "pairrm")
+JUDGE_TYPES = ("pair_lm", "pairrm", "reward_model")
+
+
+def is_import_path(judge_type: str) -> bool:
+    """True for ``package.module:Class`` (a judge class given by import path), False for a built-in type name."""
+    return ":" in judge_type
+
+
+def resolve_judge_class(spec: str) -> type:
+    """The class ``package.module:Class`` names (``Class`` may be dotted: ``module:Outer.Inner``).
+
+    Raises ``ValueError`` naming what is wrong: a malformed path, a module that cannot be imported (with the
+    import error), a missing attribute, something that is not a class, or a class that is neither a pair judge
+    (``compare`` + ``from_pretrained``) nor a TRL-style judge (``judge``)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute or ":" in attribute:
+        raise ValueError(f"judge_type {spec!r} must be {JUDGE_TYPES} or an import path 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"judge_type {spec!r}: cannot import module {module_name!r} ({type(err).__name__}: {err}); is it "
+            "installed or on PYTHONPATH?"
+        ) from None
+    target = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"judge_type {spec!r}: module {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not inspect.isclass(target):
+        raise ValueError(f"judge_type {spec!r} names a {type(target).__name__}, not a judge class")
+    pairwise = callable(getattr(target, "compare", None)) and callable(getattr(target, "from_pretrained", None))
+    trl_style = callable(getattr(target, "judge", None)) and not callable(getattr(target, "from_pretrained", None))
+    if inspect.isabstract(target):
+        missing = ", ".join(sorted(getattr(target, "__abstractmethods__", ())))
+        raise ValueError(f"judge_type {spec!r}: {target.__name__} is abstract (it does not implement {missing})")
+    if not (pairwise or trl_style):
+        raise ValueError(
+            f"judge_type {spec!r}: {target.__name__} is not a judge: it needs compare() and a from_pretrained() "
+            "classmethod (subclass rlhf_pairs.PairwiseJudge), or TRL's judge(prompts, completions) method"
+        )
+    return target
 
 
 def load_judge(
@@ -20,34 +77,88 @@ def load_judge(
     pairrm_format: str = "card",
     **judge_kwargs,
 ) -> PairwiseJudge:
-    """``PairPreferenceJudge`` (``judge_type="pair_lm"``) or ``PairRMJudge`` (``"pairrm"``) from the Hub or a path.
+    """The judge of ``judge_type`` from the Hub or a path: ``PairPreferenceJudge`` (``"pair_lm"``),
+    ``PairRMJudge`` (``"pairrm"``), ``RewardModelJudge`` (``"reward_model"``), or a class by import path (see the
+    module docstring).
 
     ``None`` for ``attn_implementation``, ``max_length`` or ``batch_tokens`` keeps the judge's own default;
-    ``max_length`` applies to the pair LM only (PairRM's budgets are fixed by its card). ``pairrm_format`` (PairRM
-    only): its ``conversation_format``, ``"card"`` or ``"rewardbench"`` (see ``rlhf_pairs.judges.pairrm.PAIRRM_FORMATS``).
-    The judge is loaded whole even under a ZeRO-3 config (:func:`~rlhf_pairs.utils.distributed.zero3_init_disabled`):
-    it runs plain inference on every process and is never wrapped by DeepSpeed.
-    Raises ``ValueError`` for an unknown ``judge_type``, or a ``pairrm_format`` other than ``"card"`` for the pair LM.
+    ``max_length`` applies to the pair LM and the reward model (PairRM's budgets are fixed by its card).
+    ``pairrm_format`` (PairRM only): its ``conversation_format``, ``"card"`` or ``"rewardbench"`` (see
+    ``rlhf_pairs.judges.pairrm.PAIRRM_FORMATS``). The judge is loaded whole even under a ZeRO-3 config
+    (:func:`~rlhf_pairs.utils.distributed.zero3_init_disabled`): it runs plain inference on every process and is
+    never wrapped by DeepSpeed. Raises ``ValueError`` for an unknown ``judge_type``, a bad import path, an option
+    the judge does not take, or a ``pairrm_format`` other than ``"card"`` for another judge.
     """
     from rlhf_pairs.utils.distributed import zero3_init_disabled
 
-    if judge_type not in JUDGE_TYPES:
-        raise ValueError(f"judge_type must be one of {JUDGE_TYPES}, got {judge_type!r}")
     if pairrm_format != "card" and judge_type != "pairrm":
         raise ValueError(f"pairrm_format applies to judge_type 'pairrm', not {judge_type!r} (got {pairrm_format!r})")
+    if is_import_path(judge_type):
+        options = {
+            "dtype": None if dtype == "auto" else dtype,
+            "attn_implementation": attn_implementation,
+            "temperature": None if temperature == 1.0 else temperature,
+            "max_length": max_length,
+            "batch_tokens": batch_tokens,
+        }
+        options = {key: value for key, value in options.items() if value is not None}
+        with zero3_init_disabled():
+            return _load_by_import_path(judge_type, name_or_path, device, {**options, **judge_kwargs})
+    if judge_type not in JUDGE_TYPES:
+        raise ValueError(
+            f"judge_type must be one of {JUDGE_TYPES} or an import path 'package.module:Class', got {judge_type!r}"
+        )
     kwargs = {"device": device, "dtype": dtype, "temperature": temperature, **judge_kwargs}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if batch_tokens:
         kwargs["batch_tokens"] = batch_tokens
+    if max_length and judge_type != "pairrm":
+        kwargs["max_length"] = max_length
     if judge_type == "pair_lm":
-        from rlhf_pairs.judges.pair_lm import PairPreferenceJudge
+        from rlhf_pairs.judges.pair_lm import PairPreferenceJudge as judge_class
+    elif judge_type == "reward_model":
+        from rlhf_pairs.judges.reward_model import RewardModelJudge as judge_class
+    else:
+        from rlhf_pairs.judges.pairrm import PairRMJudge as judge_class
 
-        if max_length:
-            kwargs["max_length"] = max_length
-        with zero3_init_disabled():
-            return PairPreferenceJudge.from_pretrained(name_or_path, **kwargs)
-    from rlhf_pairs.judges.pairrm import PairRMJudge
-
+        kwargs["conversation_format"] = pairrm_format
     with zero3_init_disabled():
-        return PairRMJudge.from_pretrained(name_or_path, conversation_format=pairrm_format, **kwargs)
+        return judge_class.from_pretrained(name_or_path, **kwargs)
+
+
+def _accepts(function, name: str) -> bool:
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.kind is p.VAR_KEYWORD for p in parameters) or any(
+        p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters
+    )
+
+
+def _load_by_import_path(spec: str, name_or_path: str, device, options: dict):
+    cls = resolve_judge_class(spec)
+    if callable(getattr(cls, "from_pretrained", None)):
+        refused = [key for key in options if not _accepts(cls.from_pretrained, key)]
+        if refused:
+            raise ValueError(
+                f"judge_type {spec!r}: {cls.__name__}.from_pretrained does not take {', '.join(refused)}; unset "
+                "those judge options or accept them (**kwargs)"
+            )
+        if device is not None and _accepts(cls.from_pretrained, "device"):
+            options = {"device": device, **options}
+        return cls.from_pretrained(name_or_path, **options)
+    # A TRL-style judge: Class(judge), wrapped so that it has compare().
+    from rlhf_pairs.judges.trl_adapter import as_judge
+
+    if options:
+        raise ValueError(
+            f"judge_type {spec!r}: {cls.__name__} is a TRL-style judge built as {cls.__name__}(judge); it takes no "
+            f"judge options, got {', '.join(options)}"
+        )
+    try:
+        inspect.signature(cls).bind(name_or_path)
+    except TypeError as err:
+        raise ValueError(
+            f"judge_type {spec!r}: a TRL-style judge is built as {cls.__name__}({name_or_path!r}), which its "
+            f"constructor refuses ({err})"
+        ) from None
+    return as_judge(cls(name_or_path))
