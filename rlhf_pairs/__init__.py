@@ -19,9 +19,14 @@ _EXPORTS = {
     "PairRMEncoder": "rlhf_pairs.judges",
     "PairRMJudge": "rlhf_pairs.judges",
     "PairwiseJudge": "rlhf_pairs.judges",
+    "RemoteJudge": "rlhf_pairs.judges",
+    "RewardJudge": "rlhf_pairs.judges",
+    "RewardModelJudge": "rlhf_pairs.judges",
     "TRLJudgeAdapter": "rlhf_pairs.judges",
     "as_judge": "rlhf_pairs.judges",
     "load_judge": "rlhf_pairs.judges",
+    "BestOfNResult": "rlhf_pairs.best_of_n",
+    "best_of_n": "rlhf_pairs.best_of_n",
     "RankingResult": "rlhf_pairs.ranking",
     "RankingStats": "rlhf_pairs.ranking",
     "rank_candidates": "rlhf_pairs.ranking",
@@ -48,6 +53,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from rlhf_pairs.best_of_n import BestOfNResult, best_of_n  # noqa: F401
     from rlhf_pairs.judges import (  # noqa: F401
         DebertaV2PairRM,
         PairPreferenceFormatter,
@@ -55,6 +61,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         PairRMEncoder,
         PairRMJudge,
         PairwiseJudge,
+        RemoteJudge,
+        RewardJudge,
+        RewardModelJudge,
         TRLJudgeAdapter,
         as_judge,
         load_judge,

@@ -27,7 +27,10 @@ from rlhf_pairs.ranking import METHODS
 MODES = ("dpo", "rejection_sampling")
 REFERENCES = ("initial", "previous")
 BACKENDS = ("hf", "vllm")
-ORDERS = ("both", "random")
+ORDERS = ("both", "random", "as_is")
+LABEL_FORMATS = ("judge", "rlhflow")
+OVERLONG = ("truncate", "drop")
+PAIRRM_LOSSES = ("both_orders", "instructgpt")
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -82,6 +85,10 @@ class JudgeArguments:
             raise ValueError(f"`judge_temperature` must be > 0, got {self.judge_temperature}")
         check_positive(self, "judge_max_length", "judge_batch_tokens")
         check_choice("judge_pairrm_format", self.judge_pairrm_format, ("card", "rewardbench"))
+        if self.judge_type == "remote" and not self.judge.startswith(("http://", "https://")):
+            raise ValueError(
+                f"judge_type 'remote' needs `judge` to be the server's URL (http://host:port), got {self.judge!r}"
+            )
         if self.judge_pairrm_format != "card" and self.judge_type != "pairrm":
             raise ValueError(f"`judge_pairrm_format` applies to judge_type 'pairrm', not {self.judge_type!r}")
 
@@ -111,6 +118,44 @@ class JudgeArguments:
             batch_tokens=self.judge_batch_tokens,
             **({"pairrm_format": self.judge_pairrm_format} if self.judge_pairrm_format != "card" else {}),
         )
+
+
+@dataclass
+class ServeJudgeConfig:
+    """The ``serve-judge`` job (parsed with :class:`JudgeArguments`): where to listen and how to batch requests.
+
+    See :mod:`rlhf_pairs.serving` for the endpoints, batching and several devices.
+    """
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Interface to listen on (0.0.0.0: every interface)."})
+    port: int = field(default=8000, metadata={"help": "TCP port."})
+    devices: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated devices, one judge copy and worker each (e.g. cuda:0,cuda:1); default: one."
+        },
+    )
+    merge_requests: bool = field(
+        default=True,
+        metadata={"help": "Merge queued requests into one judge call (false: one call per request, bit-exact)."},
+    )
+    max_batch_rows: int = field(default=8192, metadata={"help": "Most rows one merged judge call takes."})
+    max_body_mb: float = field(default=64.0, metadata={"help": "Largest request body accepted, in MiB (413 above)."})
+    log_level: str = field(default="info", metadata={"help": "uvicorn's log level."})
+
+    def __post_init__(self):
+        check_positive(self, "port", "max_batch_rows")
+        if self.max_body_mb <= 0:
+            raise ValueError(f"`max_body_mb` must be > 0, got {self.max_body_mb}")
+
+    def device_list(self) -> list[str | None]:
+        """The devices to load a judge copy on (``[None]``: the default device)."""
+        if not self.devices:
+            return [None]
+        devices = [d.strip() for d in self.devices.split(",") if d.strip()]
+        if not devices:
+            raise ValueError(f"`devices` names no device: {self.devices!r}")
+        return devices
 
 
 @dataclass
@@ -350,8 +395,9 @@ class PairPMConfig:
     """The ``train-pm`` job (parsed with TRL's ``SFTConfig`` and ``ModelConfig``).
 
     Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``dataset_test_split``, ``eval_size``,
-    ``max_train_pairs``, ``max_eval_pairs``. Comparisons: ``orders``, ``loss_on_eot``, ``eot_token``.
-    Saving: ``merge_lora``.
+    ``max_train_pairs``, ``max_eval_pairs``. Comparisons: ``orders``, ``label_format``, ``loss_on_eot``,
+    ``eot_token``, ``overlong``. Saving: ``merge_lora``. Packing is TRL's (``packing``, ``max_length`` and the batch
+    size of ``SFTConfig``).
     """
 
     dataset_name: str = field(
@@ -379,15 +425,33 @@ class PairPMConfig:
     orders: str = field(
         default="both",
         metadata={
-            "help": f"One of {ORDERS}: each training pair in both A/B orders, or one order drawn with `seed` "
-            "(RLHFlow's recipe). Evaluation always uses both orders."
+            "help": f"One of {ORDERS}: each training pair in both A/B orders, one order drawn with `seed`, or each "
+            "RLHFlow comparison row exactly in the order the dataset holds it (`as_is`: what RLHFlow's model saw). "
+            "Evaluation always uses both orders."
+        },
+    )
+    label_format: str = field(
+        default="judge",
+        metadata={
+            "help": f"One of {LABEL_FORMATS}: `judge` trains the label right after the judge's input (the position "
+            "the judge reads); `rlhflow` reproduces RLHFlow's axolotl sequences (assistant header, then label and "
+            "end of turn, loss on the assistant turn as axolotl masks it)."
         },
     )
     loss_on_eot: bool = field(
-        default=False, metadata={"help": "Also train on an end-of-turn token after the label (default: label only)."}
+        default=False,
+        metadata={"help": "`judge` format: also train on an end-of-turn token after the label (default: label only)."},
     )
     eot_token: str | None = field(
         default=None, metadata={"help": "End-of-turn token for `loss_on_eot` (default: <|eot_id|> if known, else EOS)."}
+    )
+    overlong: str = field(
+        default="truncate",
+        metadata={
+            "help": f"One of {OVERLONG}: a training comparison longer than `max_length` is truncated like the judge "
+            "truncates (oldest context first) or dropped (axolotl's rule); the summary counts them. Held-out "
+            "comparisons are always truncated, as the judge reads them."
+        },
     )
     merge_lora: bool = field(
         default=True, metadata={"help": "With use_peft: save the merged model in output_dir (adapter in adapter/)."}
@@ -395,6 +459,12 @@ class PairPMConfig:
 
     def __post_init__(self):
         check_choice("orders", self.orders, ORDERS)
+        check_choice("label_format", self.label_format, LABEL_FORMATS)
+        check_choice("overlong", self.overlong, OVERLONG)
+        if self.label_format == "rlhflow" and self.loss_on_eot:
+            raise ValueError(
+                "`loss_on_eot` is for `label_format: judge`; `rlhflow` already trains the end of turn (axolotl's mask)"
+            )
         if self.eval_size < 0:
             raise ValueError(f"`eval_size` must be >= 0, got {self.eval_size}")
         check_positive(self, "max_train_pairs", "max_eval_pairs")
@@ -406,10 +476,15 @@ class PairRMTrainConfig:
 
     Model: ``model_name_or_path``, ``dtype``. Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``,
     ``dataset_test_split``, ``eval_size``, ``max_train_pairs``, ``max_eval_pairs``. Budgets: ``source_max_length``,
-    ``max_length`` (the card's 1224 and 2048).
+    ``max_length`` (the card's 1224 and 2048). Objective: ``loss_type``, ``pairs_per_source``.
     """
 
-    dataset_name: str = field(metadata={"help": "Hub name or local file/directory with prompt/chosen/rejected pairs."})
+    dataset_name: str = field(
+        metadata={
+            "help": "Hub name or local file/directory with prompt/chosen/rejected pairs, or prompt/responses/rewards "
+            "candidate lists (the rank job's output)."
+        }
+    )
     model_name_or_path: str = field(
         default="llm-blender/PairRM-hf", metadata={"help": "PairRM checkpoint (Hub name or local directory)."}
     )
@@ -433,12 +508,113 @@ class PairRMTrainConfig:
             f"{SOURCE_MAX_LENGTH} + 2 x {CANDIDATE_MAX_LENGTH})."
         },
     )
+    loss_type: str = field(
+        default="both_orders",
+        metadata={
+            "help": f"One of {PAIRRM_LOSSES}: `both_orders` scores each pair in both orders and trains "
+            "-log sigmoid(f(c, r) - f(r, c)), the quantity the judge reads; `instructgpt` is llm-blender's, "
+            "-log sigmoid(sign(score_a - score_b) * f(a, b)) on each pair in one random order (drawn with `seed`)."
+        },
+    )
+    pairs_per_source: int = field(
+        default=5,
+        metadata={
+            "help": "Candidate lists: at most this many pairs per prompt, drawn with `seed` from its distinct "
+            "candidates, ties skipped (llm-blender's `all_pair` sampling, num_pos = num_neg = 5). A chosen/rejected "
+            "row is one pair."
+        },
+    )
 
     def __post_init__(self):
         if self.eval_size < 0:
             raise ValueError(f"`eval_size` must be >= 0, got {self.eval_size}")
-        check_positive(self, "max_train_pairs", "max_eval_pairs", "source_max_length")
+        check_choice("loss_type", self.loss_type, PAIRRM_LOSSES)
+        check_positive(self, "max_train_pairs", "max_eval_pairs", "source_max_length", "pairs_per_source")
         if self.max_length <= self.source_max_length:
             raise ValueError(
                 f"`max_length` ({self.max_length}) must exceed `source_max_length` ({self.source_max_length})"
             )
+
+
+@dataclass
+class BestOfNConfig:
+    """The ``best-of-n`` job (parsed with :class:`JudgeArguments` and TRL's ``ModelConfig``, which names the policy:
+    ``model_name_or_path``, ``model_revision``, ``dtype``, ``attn_implementation``).
+
+    Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``prompt_column``, ``system_message``.
+    Generation: ``num_candidates``, ``max_new_tokens``, ``generation_*``, ``vllm_*``, ``seed``. Ranking:
+    ``ranking_method``, ``find_worst``. Output and execution: ``output``, ``shard_size``, ``max_shards``,
+    ``overwrite``. Differs from TRL's former ``BestOfNSampler``: the candidates are ranked by a judge (a reward
+    model by its scores, a pair judge by a knockout), not by a reward pipeline's scores; ``find_worst`` is off by
+    default (the rank job's is on), since only the best is kept.
+    """
+
+    dataset_name: str = field(
+        metadata={"help": "Prompts: Hub name, local jsonl/json/parquet file, or a save_to_disk directory."}
+    )
+    output: str = field(metadata={"help": "Output file (.jsonl), one row per prompt; work files go to <output>.work/."})
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Dataset configuration name (datasets' `name`), for Hub or script datasets."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of `dataset_name`."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt (str or messages)."})
+    system_message: str = field(
+        default="merge",
+        metadata={
+            "help": f"Leading system turns of message prompts, for the judge: one of {SYSTEM_MESSAGE_MODES} (merge "
+            "into the first user turn; error refuses the prompt). The policy always sees them."
+        },
+    )
+    num_candidates: int = field(default=8, metadata={"help": "Candidates sampled per prompt (the n of best-of-n)."})
+    max_new_tokens: int = field(default=2048, metadata={"help": "Maximum new tokens per candidate."})
+    generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
+    generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call (HF backend)."})
+    generation_backend: str = field(default="hf", metadata={"help": f"One of {BACKENDS} (vllm: `vllm` extra)."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size."})
+    vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory share."})
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seeds the sampling (per chunk of prompts) and the knockout brackets; results depend on it."},
+    )
+    ranking_method: str = field(
+        default="knockout",
+        metadata={"help": f"One of {METHODS}, for a pair judge; a reward model ranks by its scores whatever this is."},
+    )
+    find_worst: bool = field(
+        default=False,
+        metadata={
+            "help": "Also find the worst candidate and, where best and worst meet, the margin P(best beats worst) "
+            "(knockout: ceil(n/2) - 1 more matches). Off by default, unlike the rank job: best-of-n keeps the best."
+        },
+    )
+    shard_size: int = field(default=64, metadata={"help": "Prompts per generation/ranking shard (unit of resume)."})
+    max_shards: int | None = field(
+        default=None,
+        metadata={
+            "help": "Time-boxed runs: stop after this many new shards, generation shards first (all processes "
+            "together), then ranking shards (per process, as in the rank job); re-run to go on."
+        },
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Discard finished work in <output>.work/ made with other arguments."}
+    )
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("ranking_method", METHODS),
+            ("generation_backend", BACKENDS),
+            ("system_message", SYSTEM_MESSAGE_MODES),
+        ):
+            check_choice(name, getattr(self, name), allowed)
+        check_positive(self, "shard_size", "max_shards", "generation_batch_size", "max_new_tokens")
+        check_positive(self, "vllm_tensor_parallel_size")
+        if self.num_candidates < 2:
+            raise ValueError(f"`num_candidates` must be >= 2 to rank, got {self.num_candidates}")
+        if self.generation_temperature <= 0:
+            raise ValueError(
+                f"`generation_temperature` must be > 0: greedy decoding ({self.generation_temperature}) gives "
+                f"{self.num_candidates} identical candidates"
+            )
+        if Path(self.output).suffix != ".jsonl":
+            raise ValueError(f"`output` must end with .jsonl, got {self.output!r}")

@@ -3,8 +3,9 @@
 Three layers, each usable alone:
 
 - :func:`score_examples` asks a judge about ``prompt``/``chosen``/``rejected`` rows and returns one record per row:
-  P(chosen is better) (the judge's verdict, both orders combined exactly as ``compare`` does) and, for a
-  :class:`PairwiseJudge` whose scores map to probabilities, P(first is better) in each of the two orders.
+  P(chosen is better) (the judge's verdict, both orders combined exactly as ``compare`` does), for a
+  :class:`PairwiseJudge` whose scores map to probabilities P(first is better) in each of the two orders, and for a
+  pointwise judge (a reward model) the rewards of both responses, which then decide correctness.
 - pure metrics over those records: :func:`outcome` (the tie rule of ``ties``, :func:`rlhf_pairs.win_rate.pair_outcome`),
   :func:`subset_metrics`, :func:`section_scores`, :func:`position_metrics`, :func:`length_bias`, all gathered by
   :func:`build_report`;
@@ -18,6 +19,13 @@ Checked against the ``rewardbench`` package, version :data:`REWARDBENCH_VERSION`
   RewardBench's pairwise pipelines count it (``scripts/run_rm.py`` with the PairRM pipeline, ``logits > 0``;
   ``models/slicpairpm.py``, the pair preference model, ``p > 0.5``); ``ties="half"`` gives half a correct answer, as
   its generative-judge script (``scripts/run_generative.py``) does. The report names the rule it used.
+- **Reward models** (a judge with ``score_responses``, e.g. :class:`~rlhf_pairs.judges.base.RewardJudge`):
+  ``correct`` is decided on the raw rewards, as ``scripts/run_rm.py`` decides it for a classifier
+  (``results = [1 if chosen > rejected else 0 ...]``): reward(chosen) > reward(rejected) is correct, < is wrong, and
+  equal rewards get the ``ties`` rule's credit (0 by default, run_rm.py's). Not from P(chosen) = sigmoid((r_c - r_r)
+  / T): in float64 the sigmoid rounds a difference below ~1e-16 to exactly 0.5, which would turn a win into a tie.
+  The records keep both rewards (``reward_chosen``, ``reward_rejected``) and the report says which rule decided
+  (``decided_by``, ``correct_rule``).
 - **Sections**: a section's score is the mean of its subsets' accuracies weighted by :data:`EXAMPLE_COUNTS`, over the
   subsets present in the data (``calculate_scores_per_section`` in ``rewardbench/utils.py``). The weights are
   upstream's, not always the subsets' sizes in the ``filtered`` split: ``math-prm`` (447 examples) weighs 984
@@ -34,7 +42,8 @@ from statistics import fmean
 
 import torch
 
-from rlhf_pairs.judges.base import PairwiseJudge, check_pair_inputs
+from rlhf_pairs.judges.base import PairwiseJudge, RewardJudge, check_pair_inputs
+from rlhf_pairs.ranking import check_scores, is_pointwise
 from rlhf_pairs.win_rate import pair_outcome
 
 logger = logging.getLogger(__name__)
@@ -104,6 +113,18 @@ TIE_RULES: dict[str, tuple[float, str]] = {
         f"P(chosen) == 0.5 counts as 0.5 correct (rewardbench {REWARDBENCH_VERSION} generative script)",
     ),
 }
+# What decided ``correct``: the records' P(chosen) (pair judges) or their rewards (pointwise judges), see
+# :func:`decided_by`; equal rewards get the ``ties`` credit, stated as REWARD_TIE_RULES says.
+CORRECT_RULES: dict[str, str] = {
+    "p_chosen": "correct = P(chosen) > 0.5 (the judge's verdict, both orders combined)",
+    "rewards": f"correct = reward(chosen) > reward(rejected), rewardbench {REWARDBENCH_VERSION} run_rm.py rule (on the "
+    "raw rewards; P(chosen) = sigmoid((r_c - r_r) / T) is reported, not used)",
+}
+REWARD_TIE_RULES: dict[str, str] = {
+    "wrong": f"reward(chosen) == reward(rejected) counts as wrong (rewardbench {REWARDBENCH_VERSION} run_rm.py: "
+    "1 if chosen > rejected else 0)",
+    "half": "reward(chosen) == reward(rejected) counts as 0.5 correct (ties='half')",
+}
 NO_POSITION_REASON = (
     "the judge exposes only compare(), or its ordered-pair scores have no known mapping to P(first is better)"
 )
@@ -133,7 +154,8 @@ def check_rewardbench_rows(rows: Sequence[Mapping], source: str = "dataset") -> 
     identical = [i for i, row in enumerate(rows) if row["chosen"] == row["rejected"]]
     if identical:
         logger.warning(
-            "%s: %d row(s) have chosen == rejected (first: row %d); a judge can only tie on them (0.5 correct)",
+            "%s: %d row(s) have chosen == rejected (first: row %d); a judge can only tie on them (scored by the `ties` "
+            "rule: wrong by default)",
             source,
             len(identical),
             identical[0],
@@ -168,6 +190,31 @@ def outcome(p_chosen: float, ties: str = "wrong") -> float:
     return pair_outcome(p_chosen, TIE_RULES[ties][0])
 
 
+def reward_outcome(reward_chosen: float, reward_rejected: float, ties: str = "wrong") -> float:
+    """rewardbench 0.1.4 ``scripts/run_rm.py``'s verdict for a classifier: 1.0 when reward(chosen) > reward(rejected),
+    0.0 when <, and the ``ties`` rule's credit when they are equal (0.0 by default, as run_rm.py's
+    ``1 if chosen > rejected else 0``)."""
+    if reward_chosen > reward_rejected:
+        return 1.0
+    if reward_chosen < reward_rejected:
+        return 0.0
+    return TIE_RULES[ties][0]
+
+
+def is_tie(example: Mapping) -> bool:
+    """Whether a record is a tie: equal rewards when it has rewards, else P(chosen) exactly 0.5."""
+    if example.get("reward_chosen") is not None:
+        return example["reward_chosen"] == example["reward_rejected"]
+    return example["p_chosen"] == 0.5
+
+
+def decided_by(examples: Sequence[Mapping]) -> str:
+    """What decided ``correct`` in ``examples``: ``"rewards"`` (every record has rewards), ``"p_chosen"`` (none has)
+    or ``"mixed"`` (records of both kinds, e.g. reports joined from two judges)."""
+    with_rewards = sum(e.get("reward_chosen") is not None for e in examples)
+    return "rewards" if with_rewards == len(examples) else "p_chosen" if with_rewards == 0 else "mixed"
+
+
 def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0, ties: str = "wrong") -> list[dict]:
     """Judge RewardBench rows in one batched judge call; one record per row, in order.
 
@@ -176,10 +223,20 @@ def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0, ties: s
     ``compare`` returns) or any object with ``compare(prompts, responses_a, responses_b)`` (then only P(chosen) is
     known).
 
+    A pointwise judge (with ``score_responses``, e.g. a reward model) scores the chosen and the rejected responses in
+    one ``score_responses`` call, and those rewards decide ``correct`` (:func:`reward_outcome`, run_rm.py's rule).
+    For a :class:`~rlhf_pairs.judges.base.RewardJudge` everything else comes from the same rewards: its ordered-pair
+    scores are r_first - r_second, so P(chosen) = ``combine_orders`` = sigmoid((r_c - r_r) / T), exactly the number
+    ``compare`` returns, and the position metrics are those of an order-invariant judge. Another pointwise judge
+    gets P(chosen) from ``compare`` (and, if it is a :class:`PairwiseJudge`, the ordered scores as above).
+
     Each record: ``index`` (``start_index`` + position), ``id`` (the row's, if any), ``subset``, ``p_chosen``
-    (P(chosen is better), both orders combined), ``correct`` (:func:`outcome` under ``ties``), ``p_first_chosen_first`` and
-    ``p_first_rejected_first`` (P(first is better) with chosen resp. rejected shown first; ``None`` when unknown),
-    ``chosen_chars`` and ``rejected_chars``.
+    (P(chosen is better), both orders combined), ``correct`` (:func:`outcome` of ``p_chosen`` under ``ties``, or
+    :func:`reward_outcome` of the rewards), ``reward_chosen`` and ``reward_rejected`` (``None`` unless the judge is
+    pointwise), ``p_first_chosen_first`` and ``p_first_rejected_first`` (P(first is better) with chosen resp.
+    rejected shown first; ``None`` when unknown), ``chosen_chars`` and ``rejected_chars``. Raises ``ValueError``
+    for malformed rows, an unknown ``ties`` rule, or a judge that returns the wrong number of answers (or a
+    non-finite reward).
     """
     check_rewardbench_rows(rows, "rows")
     if ties not in TIE_RULES:
@@ -189,7 +246,21 @@ def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0, ties: s
     rejected = [row["rejected"] for row in rows]
     n = len(rows)
     first_probs = None
-    if isinstance(judge, PairwiseJudge):
+    rewards_chosen = rewards_rejected = None
+    if is_pointwise(judge):
+        check_pair_inputs(prompts, chosen, rejected)
+        rewards = check_scores(judge, judge.score_responses([*prompts, *prompts], [*chosen, *rejected]), 2 * n)
+        rewards_chosen, rewards_rejected = rewards[:n], rewards[n:]
+    if isinstance(judge, RewardJudge):
+        # Its ordered-pair scores (r_first - r_second) from these very rewards, not from a second scoring pass: with
+        # the cache off the rewards would be recomputed in other batches and could differ in their last bits.
+        r_c = torch.tensor(rewards_chosen, dtype=torch.float64)
+        r_r = torch.tensor(rewards_rejected, dtype=torch.float64)
+        scores = torch.stack((r_c - r_r, r_r - r_c), dim=1)
+        p_chosen = judge.combine_orders(scores[:, 0], scores[:, 1]).tolist()
+        mapped = first_position_probabilities(judge, scores)
+        first_probs = None if mapped is None else mapped.double().tolist()
+    elif isinstance(judge, PairwiseJudge):
         check_pair_inputs(prompts, chosen, rejected)
         forward, backward = judge.score_both_orders(prompts, chosen, rejected)
         # The same float64 path as PairwiseJudge.compare, so p_chosen equals compare()'s number exactly.
@@ -209,7 +280,13 @@ def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0, ties: s
                 "id": row.get("id"),
                 "subset": row["subset"],
                 "p_chosen": p_chosen[i],
-                "correct": outcome(p_chosen[i], ties),
+                "correct": (
+                    outcome(p_chosen[i], ties)
+                    if rewards_chosen is None
+                    else reward_outcome(rewards_chosen[i], rewards_rejected[i], ties)
+                ),
+                "reward_chosen": None if rewards_chosen is None else rewards_chosen[i],
+                "reward_rejected": None if rewards_rejected is None else rewards_rejected[i],
                 "p_first_chosen_first": None if first_probs is None else first_probs[i][0],
                 "p_first_rejected_first": None if first_probs is None else first_probs[i][1],
                 "chosen_chars": len(row["chosen"]),
@@ -252,7 +329,7 @@ def position_metrics(examples: Sequence[Mapping]) -> dict:
 
 
 def subset_metrics(examples: Sequence[Mapping]) -> dict[str, dict]:
-    """Per subset (sorted by name): ``count``, ``accuracy`` (mean ``correct``), ``ties``, and the
+    """Per subset (sorted by name): ``count``, ``accuracy`` (mean ``correct``), ``ties`` (:func:`is_tie`), and the
     subset's ``position_consistency`` and ``position_bias`` (``None`` when unknown)."""
     by_subset: dict[str, list[Mapping]] = {}
     for e in examples:
@@ -264,7 +341,7 @@ def subset_metrics(examples: Sequence[Mapping]) -> dict[str, dict]:
         out[name] = {
             "count": len(group),
             "accuracy": fmean(e["correct"] for e in group),
-            "ties": sum(e["p_chosen"] == 0.5 for e in group),
+            "ties": sum(map(is_tie, group)),
             "position_consistency": position["consistency"],
             "position_bias": position["bias"],
         }
@@ -309,8 +386,10 @@ def length_bias(examples: Sequence[Mapping]) -> dict:
 def build_report(examples: Sequence[Mapping], metadata: Mapping | None = None, ties: str = "wrong") -> dict:
     """The full evaluation report from :func:`score_examples` records (in any number of calls, concatenated).
 
-    Keys: ``metadata`` (as given), ``num_examples``, ``accuracy`` (over all examples, unweighted), ``ties``,
-    ``tie_rule`` (the ``ties`` rule the records were scored with), ``rewardbench_version`` (of the weights and
+    Keys: ``metadata`` (as given), ``num_examples``, ``accuracy`` (over all examples, unweighted), ``ties``
+    (:func:`is_tie`), ``tie_rule`` (the ``ties`` rule the records were scored with), ``decided_by`` and
+    ``correct_rule`` (what decided ``correct``: ``"p_chosen"``, ``"rewards"`` for a reward model, scored with
+    run_rm.py's rule, or ``"mixed"``, see :func:`decided_by`), ``rewardbench_version`` (of the weights and
     rules), ``subsets`` (:func:`subset_metrics`), ``unknown_subsets`` (present but in no section: reported
     per subset, left out of the sections), ``sections`` (:func:`section_scores`), ``score`` (mean of the sections
     with data; ``score_sections`` names them), ``position`` (:func:`position_metrics`), ``length``
@@ -322,12 +401,16 @@ def build_report(examples: Sequence[Mapping], metadata: Mapping | None = None, t
     known = {s for members in SUBSET_MAPPING.values() for s in members}
     sections = section_scores({name: m["accuracy"] for name, m in subsets.items()})
     with_data = [name for name, value in sections.items() if value is not None]
+    decided = decided_by(examples)
+    kinds = ("rewards", "p_chosen") if decided == "mixed" else (decided,)  # mixed: both rules, rewards first
     return {
         "metadata": dict(metadata or {}),
         "num_examples": len(examples),
         "accuracy": fmean(e["correct"] for e in examples),
-        "ties": sum(e["p_chosen"] == 0.5 for e in examples),
-        "tie_rule": TIE_RULES[ties][1],
+        "ties": sum(map(is_tie, examples)),
+        "tie_rule": "; ".join(REWARD_TIE_RULES[ties] if kind == "rewards" else TIE_RULES[ties][1] for kind in kinds),
+        "decided_by": decided,
+        "correct_rule": "; ".join(CORRECT_RULES[kind] for kind in kinds),
         "rewardbench_version": REWARDBENCH_VERSION,
         "subsets": subsets,
         "unknown_subsets": [name for name in subsets if name not in known],
@@ -364,6 +447,7 @@ def format_report(report: Mapping) -> str:
     lines += [
         f"- Examples: {report['num_examples']}, accuracy {format_percent(report['accuracy'])}, ties {report['ties']}: "
         f"{report['tie_rule']}",
+        f"- Decided by {report['decided_by']}: {report['correct_rule']}",
         f"- Position consistency: {format_percent(position['consistency'])}; position bias (mean P(first) - 0.5): "
         f"{_signed(position['bias'])}" + (f" ({position['reason']})" if position.get("reason") else ""),
         f"- Length ({length['unit']}): accuracy {format_percent(length['chosen_longer']['accuracy'])} when chosen is "

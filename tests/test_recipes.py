@@ -7,6 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # folder -> the test module that parses each of its YAML files with the job's parser
 PARSED_BY = {
     "accelerate": "test_online_training.py",
+    "best_of_n": "test_best_of_n.py",
     "eval": "test_evaluation.py",
     "grpo": "test_online_training.py",
     "iterative_dpo": "test_iterate.py",

@@ -1,8 +1,10 @@
-from rlhf_pairs.judges.base import PairwiseJudge
+from rlhf_pairs.judges.base import PairwiseJudge, RewardJudge
 from rlhf_pairs.judges.loading import JUDGE_TYPES, load_judge
 from rlhf_pairs.judges.modeling_pairrm import DebertaV2PairRM
 from rlhf_pairs.judges.pair_lm import PairPreferenceFormatter, PairPreferenceJudge
 from rlhf_pairs.judges.pairrm import PAIRRM_FORMATS, PairRMEncoder, PairRMJudge
+from rlhf_pairs.judges.remote import RemoteJudge, RemoteRewardJudge
+from rlhf_pairs.judges.reward_model import RewardModelJudge
 from rlhf_pairs.judges.trl_adapter import TRLJudgeAdapter, as_judge
 
 __all__ = [
@@ -14,6 +16,10 @@ __all__ = [
     "PairRMEncoder",
     "PairRMJudge",
     "PairwiseJudge",
+    "RemoteJudge",
+    "RemoteRewardJudge",
+    "RewardJudge",
+    "RewardModelJudge",
     "TRLJudgeAdapter",
     "as_judge",
     "load_judge",

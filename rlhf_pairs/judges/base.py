@@ -234,6 +234,22 @@ class PairwiseJudge(ABC):
         self._cache.clear()
 
 
+def check_response_inputs(prompts: Sequence, responses: Sequence) -> None:
+    """Raise ``ValueError`` naming the problem when the inputs of ``score_responses`` do not line up."""
+    for name, value in (("prompts", prompts), ("responses", responses)):
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ValueError(f"`{name}` must be a list, got {type(value).__name__}")
+    if len(prompts) != len(responses):
+        raise ValueError(
+            f"`prompts` and `responses` must have the same length, got {len(prompts)} and {len(responses)}"
+        )
+    for i, response in enumerate(responses):
+        if not isinstance(response, str):
+            raise ValueError(f"`responses[{i}]` must be a string, got {type(response).__name__}")
+    for i, prompt in enumerate(prompts):
+        validate_prompt(prompt, f"prompts[{i}]")
+
+
 class RewardJudge(PairwiseJudge):
     """A judge that scores every response on its own: a reward r(prompt, response), e.g. a Bradley-Terry reward model.
 
@@ -271,18 +287,7 @@ class RewardJudge(PairwiseJudge):
     def score_responses(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         """r(prompts[i], responses[i]) for every row (floats, through the cache). Raises ``ValueError`` for
         mismatched lengths, non-string responses or malformed prompts."""
-        for name, value in (("prompts", prompts), ("responses", responses)):
-            if isinstance(value, str) or not isinstance(value, Sequence):
-                raise ValueError(f"`{name}` must be a list, got {type(value).__name__}")
-        if len(prompts) != len(responses):
-            raise ValueError(
-                f"`prompts` and `responses` must have the same length, got {len(prompts)} and {len(responses)}"
-            )
-        for i, response in enumerate(responses):
-            if not isinstance(response, str):
-                raise ValueError(f"`responses[{i}]` must be a string, got {type(response).__name__}")
-        for i, prompt in enumerate(prompts):
-            validate_prompt(prompt, f"prompts[{i}]")
+        check_response_inputs(prompts, responses)
         keys = [(prompt_key(p), r) for p, r in zip(prompts, responses)]
         todo: dict[tuple, int] = {}
         for i, key in enumerate(keys):
@@ -311,7 +316,9 @@ class RewardJudge(PairwiseJudge):
     def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
         check_pair_inputs(prompts, responses_a, responses_b)
         n = len(prompts)
-        rewards = torch.tensor(self.score_responses([*prompts, *prompts], [*responses_a, *responses_b]))
+        rewards = torch.tensor(
+            self.score_responses([*prompts, *prompts], [*responses_a, *responses_b]), dtype=torch.float64
+        )  # float64 as score_ordered_pairs: torch.tensor's default float32 would round the rewards
         return self.preference(rewards[:n] - rewards[n:]).tolist()
 
     def compare_at_temperature(

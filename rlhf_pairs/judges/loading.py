@@ -20,7 +20,7 @@ import inspect
 
 from rlhf_pairs.judges.base import PairwiseJudge
 
-JUDGE_TYPES = ("pair_lm", "pairrm", "reward_model")
+JUDGE_TYPES = ("pair_lm", "pairrm", "reward_model", "remote")
 
 
 def is_import_path(judge_type: str) -> bool:
@@ -78,8 +78,9 @@ def load_judge(
     **judge_kwargs,
 ) -> PairwiseJudge:
     """The judge of ``judge_type`` from the Hub or a path: ``PairPreferenceJudge`` (``"pair_lm"``),
-    ``PairRMJudge`` (``"pairrm"``), ``RewardModelJudge`` (``"reward_model"``), or a class by import path (see the
-    module docstring).
+    ``PairRMJudge`` (``"pairrm"``), ``RewardModelJudge`` (``"reward_model"``), a judge served by ``rlhf-pairs
+    serve-judge`` at the URL ``name_or_path`` (``"remote"``: :class:`~rlhf_pairs.judges.remote.RemoteJudge`), or a
+    class by import path (see the module docstring).
 
     ``None`` for ``attn_implementation``, ``max_length`` or ``batch_tokens`` keeps the judge's own default;
     ``max_length`` applies to the pair LM and the reward model (PairRM's budgets are fixed by its card).
@@ -108,6 +109,16 @@ def load_judge(
         raise ValueError(
             f"judge_type must be one of {JUDGE_TYPES} or an import path 'package.module:Class', got {judge_type!r}"
         )
+    if judge_type == "remote":  # served by `rlhf-pairs serve-judge`: settings asked here must be the server's
+        from rlhf_pairs.judges.remote import RemoteJudge
+
+        asked = {
+            "dtype": None if dtype == "auto" else str(dtype).removeprefix("torch."),
+            "attn_implementation": attn_implementation, "temperature": None if temperature == 1.0 else temperature,
+            "max_length": max_length, "batch_tokens": batch_tokens,
+        }  # fmt: skip
+        judge_kwargs["expect"] = {key: value for key, value in asked.items() if value is not None}
+        return RemoteJudge.from_pretrained(name_or_path, **judge_kwargs)
     kwargs = {"device": device, "dtype": dtype, "temperature": temperature, **judge_kwargs}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections import defaultdict
@@ -319,13 +320,19 @@ class PairPreferenceJudge(PairwiseJudge):
         prefix_ids, prefix_mask = pad_batch(
             [encoded[rows[0]][:length] for rows, length in groups], self.pad_token_id, left=True
         )
-        cache = self.model(
+        prefix = self.model(
             input_ids=prefix_ids.to(device),
             attention_mask=prefix_mask.to(device),
             position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(device),
             use_cache=True,
             logits_to_keep=1,
-        ).past_key_values
+        )
+        # transformers 5.24 renamed the key/value cache `cache` (`past_key_values` goes in 5.40); older 5.x have
+        # only `past_key_values`.
+        cache_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        cache = getattr(prefix, cache_name, None)
+        if cache is None:
+            cache = prefix.past_key_values
         row_group = torch.tensor([g for g, (rows, _) in enumerate(groups) for _ in rows], dtype=torch.long)
         cache.reorder_cache(row_group.to(device))  # index_select on the batch dimension: one copy per row
         suffix_ids, suffix_mask = pad_batch(
@@ -337,7 +344,7 @@ class PairPreferenceJudge(PairwiseJudge):
             input_ids=suffix_ids.to(device),
             attention_mask=mask.to(device),
             position_ids=position_ids.to(device),
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_name: cache},
         ).logits[:, -1, :]

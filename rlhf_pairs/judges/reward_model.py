@@ -10,7 +10,10 @@ template's BOS once, nothing else added). P(a better than b) = sigmoid((r_a - r_
 Batching: each (prompt, response) is one row; rows are sorted by length into batches under ``batch_tokens`` padded
 tokens and right-padded with the model's ``pad_token_id``, so the classifier reads the position it reads on the
 unpadded sequence (transformers pools the rightmost token that is not padding). A model without a
-``pad_token_id`` gets the tokenizer's (else its EOS), as RewardBench's ``run_rm.py`` (rewardbench 0.1.4) sets it.
+``pad_token_id`` gets the tokenizer's (else its EOS), as RewardBench's ``run_rm.py`` (rewardbench 0.1.4) sets it,
+but keeps reading its last token, as it does unpadded (transformers pools position -1 when there is no pad id): a
+batch in which a row ends with the borrowed id (Llama-3's template ends every turn with ``<|eot_id|>``, its EOS) is
+padded with an id no row of the batch ends with. (RewardBench pools the token before such an EOS instead.)
 Rows longer than ``max_length`` (default: the model's ``max_position_embeddings``) keep their first token and their
 end (the oldest turns go first); each truncation is counted in a warning.
 """
@@ -63,7 +66,9 @@ class RewardModelJudge(RewardJudge):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.encoder = ChatPromptEncoder(tokenizer, owner="the reward model's tokenizer")
-        if model.config.pad_token_id is None:
+        # Without a pad id of its own the model pools its last token; a borrowed one must never hide it (_pad_id_for).
+        self.borrowed_pad = model.config.pad_token_id is None
+        if self.borrowed_pad:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             if pad is None:
                 raise ValueError(
@@ -136,8 +141,23 @@ class RewardModelJudge(RewardJudge):
             )
         rewards = torch.empty(len(encoded), dtype=torch.float32)
         batches = batches_by_tokens([len(ids) for ids in encoded], self.batch_tokens, self.max_batch_size)
-        for batch in progress_bar(batches, self.show_progress, "reward model"):
-            input_ids, mask = pad_batch([encoded[i] for i in batch], self.pad_token_id, left=False)
-            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            rewards[batch] = logits[:, 0].float().cpu()
+        config = self.model.config.get_text_config()  # where the classifier reads its pad id
+        try:
+            for batch in progress_bar(batches, self.show_progress, "reward model"):
+                rows = [encoded[i] for i in batch]
+                config.pad_token_id = self._pad_id_for(rows)
+                input_ids, mask = pad_batch(rows, config.pad_token_id, left=False)
+                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                rewards[batch] = logits[:, 0].float().cpu()
+        finally:
+            config.pad_token_id = self.pad_token_id
         return rewards
+
+    def _pad_id_for(self, rows: list[list[int]]) -> int:
+        """The pad id of a batch: the model's own, or for a model that only borrowed one (it pools its last token),
+        the borrowed id unless a row ends with it (the classifier would then read that row one token early), else the
+        smallest id no row ends with. Padding sits under a zero attention mask, so its id changes nothing else."""
+        last = {row[-1] for row in rows}
+        if not self.borrowed_pad or self.pad_token_id not in last:
+            return self.pad_token_id
+        return next(i for i in range(len(last) + 1) if i not in last)

@@ -9,6 +9,12 @@ main process:
 - ``per_example.jsonl``: one record per input row, in input order (:func:`rlhf_pairs.evaluation.score_examples`);
 - ``report.md``: the same numbers as readable tables; ``sections.png``: a bar chart of the sections.
 
+A reward model (``--judge_type reward_model``, or any judge with ``score_responses``) is scored as RewardBench's
+``scripts/run_rm.py`` (rewardbench 0.1.4) scores a classifier: the chosen and the rejected response get one reward
+each and ``correct`` is reward(chosen) > reward(rejected) on the raw rewards (equal rewards: the ``ties`` rule, wrong
+by default as in run_rm.py). ``per_example.jsonl`` keeps both rewards and the report's ``decided_by`` /
+``correct_rule`` (and a line of ``report.md``) say so; P(chosen) = sigmoid((r_c - r_r) / T) is still reported.
+
 The rows are cut into fixed shards of ``shard_size`` pairs; process k of K judges shards k, k+K, ... and the records
 are gathered and put back in input order. Each shard is judged on its own, in the same batches whatever K (the
 judge's score cache is cleared at the start of every shard, so no shard depends on the shards judged before it), and
@@ -123,11 +129,12 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
         write_section_chart(out / CHART_FILE, report)
     pairs_per_second = len(rows) / elapsed if elapsed > 0 else 0.0
     logger.info(
-        "eval: %d pairs over %d process(es), accuracy %.2f, %s, score %s, position consistency %s, bias %s, "
-        "%.1f pairs/s -> %s",
+        "eval: %d pairs over %d process(es), accuracy %.2f (decided by %s), %s, score %s, position consistency %s, "
+        "bias %s, %.1f pairs/s -> %s",
         len(rows),
         state.num_processes,
         100 * report["accuracy"],
+        report["decided_by"],
         ", ".join(f"{name} {format_percent(report['sections'][name])}" for name in SECTIONS),
         format_percent(report["score"]),
         format_percent(report["position"]["consistency"]),
