@@ -1,0 +1,176 @@
+"""A judge served by ``rlhf-pairs serve-judge``, called over HTTP (``judge_type: remote``, ``judge: http://host:port``).
+
+:class:`RemoteJudge` has the judge contract (``compare``), so it works in every job, in
+:class:`~rlhf_pairs.rewards.PairwiseRewardFunction` and in ``rank_candidates``; when the server's judge has
+per-response scores (a reward model), :meth:`RemoteJudge.from_pretrained` returns a :class:`RemoteRewardJudge`, which
+also has ``score_responses``, so ranking sorts by score as it does in-process. One ``compare`` call is one request
+(a tournament round stays one request), split only when its body would exceed the server's ``max_body_bytes``.
+
+Inputs are checked before sending, with the local judge's messages. Results are the server judge's floats, exactly
+(JSON floats round-trip). The client uses only the standard library (``urllib``), so training processes need no
+server dependencies.
+
+Failures: connection errors (refused, reset, closed) and 502/503/504 are retried with exponential backoff (0.5 s
+doubling to 4 s) for up to ``retry_seconds``, so a restarted server is waited for; past that, a ``ConnectionError``
+names the URL and the last error. A 4xx raises ``ValueError`` with the server's message, a 500 ``RuntimeError``; a
+request that takes longer than ``timeout`` raises ``TimeoutError`` (it is not re-sent: the server may still be working
+on it). A reply that does not hold one float per row raises ``RuntimeError``. No failure returns a number.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from rlhf_pairs.data_utils import Prompt
+from rlhf_pairs.judges.base import check_pair_inputs, check_response_inputs
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = (502, 503, 504)
+
+
+class RemoteJudge:
+    """A pair judge behind ``rlhf-pairs serve-judge`` at ``url``; see the module docstring.
+
+    Args:
+        url: the server, ``http://host:port``.
+        timeout: seconds one request may take (a large batch on a busy server can take minutes).
+        retry_seconds: how long to keep retrying connection errors and 502/503/504 before giving up.
+        info: the server's ``/info`` (fetched when ``None``).
+        expect: judge settings the caller asked for (``dtype``, ``attn_implementation``, ``temperature``,
+            ``max_length``, ``batch_tokens``: a job's ``judge_*`` options): the server's judge must have them, else
+            ``ValueError`` naming each difference (a client cannot change the served judge).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 600.0,
+        retry_seconds: float = 120.0,
+        info: dict | None = None,
+        expect: dict | None = None,
+    ):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"a remote judge needs an http:// or https:// URL, got {url!r}")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.retry_seconds = retry_seconds
+        self.info = info if info is not None else self._request("GET", "/info")
+        self.max_body_bytes = int(self.info.get("max_body_bytes") or 0) or None
+        differences = [
+            f"{key}={value!r} (the server's: {self.info.get(key)!r})"
+            for key, value in (expect or {}).items()
+            if self.info.get(key) != value
+        ]
+        if differences:
+            raise ValueError(
+                f"judge server {self.url} serves {self.info.get('judge')!r} with other settings than asked: "
+                f"{', '.join(differences)}; judge settings belong to the server (serve-judge --judge_... options): "
+                "unset them here or restart the server with them"
+            )
+        self.num_requests = 0  # /compare and /score requests sent (tests check one per tournament round)
+
+    @classmethod
+    def from_pretrained(cls, url: str, **kwargs) -> RemoteJudge:
+        """Connect to the server at ``url``: a :class:`RemoteRewardJudge` when its judge is pointwise, else a
+        :class:`RemoteJudge`. Waits (up to ``retry_seconds``) for a server that is still starting."""
+        judge = RemoteJudge(url, **kwargs)
+        return RemoteRewardJudge(url, info=judge.info, **kwargs) if judge.info.get("pointwise") else judge
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, judge={self.info.get('judge')!r})"
+
+    def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
+        """P(responses_a[i] is better than responses_b[i] for prompts[i]), from the server's judge."""
+        check_pair_inputs(prompts, responses_a, responses_b)
+        return self._rows("/compare", ("prompts", "responses_a", "responses_b"), (prompts, responses_a, responses_b))
+
+    def _rows(self, path: str, keys: tuple[str, ...], columns: tuple[Sequence, ...]) -> list[float]:
+        """One request for all rows, or halves of it while its body exceeds the server's limit."""
+        body = json.dumps(dict(zip(keys, map(list, columns))), ensure_ascii=False).encode()
+        n = len(columns[0])
+        if self.max_body_bytes and len(body) > self.max_body_bytes:
+            if n == 1:
+                raise ValueError(
+                    f"one row is {len(body)} bytes, over the judge server's limit of {self.max_body_bytes} "
+                    "(serve-judge --max_body_mb)"
+                )
+            half = n // 2
+            return self._rows(path, keys, tuple(c[:half] for c in columns)) + self._rows(
+                path, keys, tuple(c[half:] for c in columns)
+            )
+        key = "probabilities" if path == "/compare" else "scores"
+        reply = self._request("POST", path, body)
+        values = reply.get(key) if isinstance(reply, dict) else None
+        if not isinstance(values, list) or len(values) != n:
+            got = len(values) if isinstance(values, list) else type(values).__name__
+            raise RuntimeError(f"judge server {self.url}{path} answered {got} {key} for {n} rows")
+        self.num_requests += 1
+        return [float(v) for v in values]
+
+    def _request(self, method: str, path: str, body: bytes | None = None):
+        """The JSON reply of one request, retried on connection errors and 502/503/504 (see the module docstring)."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay, tries = 0.5, 0
+        while True:
+            tries += 1
+            request = urllib.request.Request(
+                self.url + path, data=body, method=method, headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as err:
+                message = _error_message(err)
+                if err.code not in RETRY_STATUSES:
+                    if 400 <= err.code < 500:
+                        raise ValueError(
+                            f"judge server {self.url}{path} refused the request ({err.code}): {message}"
+                        ) from None
+                    raise RuntimeError(f"judge server {self.url}{path} failed ({err.code}): {message}") from None
+                last = f"HTTP {err.code}: {message}"
+            except TimeoutError as err:  # socket.timeout is TimeoutError since Python 3.10
+                raise TimeoutError(
+                    f"judge server {self.url}{path} did not answer within {self.timeout} s; raise `timeout` or send "
+                    "smaller batches"
+                ) from err
+            except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as err:
+                reason = getattr(err, "reason", err)
+                if isinstance(reason, TimeoutError):
+                    raise TimeoutError(f"judge server {self.url}{path} did not answer within {self.timeout} s") from err
+                last = f"{type(reason).__name__}: {reason}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConnectionError(
+                    f"judge server {self.url} unreachable: {tries} tries over {self.retry_seconds:.0f} s, last: {last}; "
+                    "is `rlhf-pairs serve-judge` running there?"
+                )
+            if tries == 1:
+                logger.warning("judge server %s: %s; retrying for up to %.0f s", self.url, last, self.retry_seconds)
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 4.0)
+
+
+class RemoteRewardJudge(RemoteJudge):
+    """A :class:`RemoteJudge` whose server judge scores responses one at a time (a reward model)."""
+
+    def score_responses(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        """The server judge's score of every (prompt, response) row."""
+        check_response_inputs(prompts, responses)
+        if not prompts:
+            return []
+        return self._rows("/score", ("prompts", "responses"), (prompts, responses))
+
+
+def _error_message(err: urllib.error.HTTPError) -> str:
+    try:
+        payload = json.loads(err.read())
+        return payload.get("error") or payload.get("detail") or json.dumps(payload)
+    except Exception:  # noqa: BLE001 - not our server's JSON: say what came back
+        return err.reason or f"HTTP {err.code}"

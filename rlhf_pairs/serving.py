@@ -1,0 +1,276 @@
+"""A judge as an HTTP service (``rlhf-pairs serve-judge``): load a judge once, call it from every process and node.
+
+Stack: FastAPI on uvicorn (the ``serve`` extra), the stack vLLM's and TGI-style OpenAI servers use: an asyncio
+server whose request handling never blocks on the model (judge calls run in worker threads), with maintained
+HTTP/1.1 keep-alive, and a small dependency set. Request bodies are read and checked by hand rather than with
+pydantic models, so that a bad request gets exactly the message the local judge raises for the same input.
+
+Endpoints (JSON in, JSON out; floats are written with ``repr``, so they round-trip exactly):
+
+- ``GET /health``: ``{"status": "ok"}``.
+- ``GET /info``: the judge (name, type, class, dtype, devices, max lengths, temperature), whether it is
+  ``pointwise`` (has per-response scores), the server's limits (``max_body_bytes``, ``max_batch_rows``) and
+  ``merge_requests``.
+- ``POST /compare`` ``{"prompts", "responses_a", "responses_b"}`` -> ``{"probabilities": [...]}``:
+  ``judge.compare``, P(a better than b) per row.
+- ``POST /score`` ``{"prompts", "responses"}`` -> ``{"scores": [...]}``: ``judge.score_responses``, for a
+  pointwise judge (a reward model); 404 for a pair judge.
+
+Errors: 400 with ``{"error": message}`` for malformed JSON or inputs the judge refuses (the message is the judge's
+own ``ValueError``), 413 for a body over ``max_body_bytes``, 500 when the judge fails; the server keeps serving.
+
+Batching: requests wait in one queue; a worker takes the oldest and, with ``merge_requests``, every queued request of
+the same kind behind it up to ``max_batch_rows`` rows, and makes one judge call over all their rows (the judge sorts
+them by length into its own batches). Merged requests share batches, so their fp32/bf16 results can differ from a
+lone call in the last bits, as any batching does; ``merge_requests=False`` scores each request on its own, in
+arrival order, bit-identical to an in-process call on the same rows.
+
+Several devices: ``devices=["cuda:0", "cuda:1", ...]`` loads one copy of the judge per device, each with its own
+worker on the shared queue, behind one port (the alternative, one server per device on its own port, also works;
+the clients then split the load themselves).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the handlers' `Request` annotation at definition time.
+import asyncio
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from rlhf_pairs.judges.base import check_pair_inputs, check_response_inputs
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+ENDPOINTS = {"compare": ("prompts", "responses_a", "responses_b"), "score": ("prompts", "responses")}
+
+
+class RequestError(ValueError):
+    """A request the server refuses: ``status`` is the HTTP status, the message goes back as ``{"error": ...}``."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _Job:
+    kind: str  # "compare" or "score"
+    columns: tuple[list, ...]
+    future: asyncio.Future = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return len(self.columns[0])
+
+
+def judge_info(judge, name: str, judge_type: str) -> dict:
+    """What ``GET /info`` says about one loaded judge."""
+    model = getattr(judge, "model", None)
+    dtype = next(model.parameters()).dtype if model is not None and hasattr(model, "parameters") else None
+    max_length = getattr(judge, "max_length", None)
+    formatter = getattr(judge, "formatter", None)
+    if max_length is None and formatter is not None:
+        max_length = getattr(formatter, "max_length", None)
+    return {
+        "judge": name,
+        "judge_type": judge_type,
+        "class": f"{type(judge).__module__}.{type(judge).__qualname__}",
+        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
+        "max_length": max_length,
+        "batch_tokens": getattr(judge, "batch_tokens", None),
+        "temperature": getattr(judge, "temperature", None),
+        "pointwise": callable(getattr(judge, "score_responses", None)),
+    }
+
+
+def parse_request(body: bytes, kind: str) -> tuple[list, ...]:
+    """The columns of a ``/compare`` or ``/score`` body, checked as the local judge checks them.
+
+    Raises :class:`RequestError` (400) for malformed JSON, a body that is not an object, missing keys, or inputs the
+    judge would refuse (mismatched lengths, non-string responses, malformed prompts), with the judge's message."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RequestError(f"malformed JSON: {err}") from None
+    keys = ENDPOINTS[kind]
+    if not isinstance(payload, dict):
+        raise RequestError(f"the body must be a JSON object with keys {list(keys)}, got {type(payload).__name__}")
+    missing = [key for key in keys if key not in payload]
+    if missing:
+        raise RequestError(f"the body lacks key(s) {missing}; /{kind} needs {list(keys)}, got {sorted(payload)}")
+    columns = tuple(payload[key] for key in keys)
+    try:
+        if kind == "compare":
+            check_pair_inputs(*columns)
+        else:
+            check_response_inputs(*columns)
+    except ValueError as err:
+        raise RequestError(str(err)) from None
+    return columns
+
+
+class JudgeServer:
+    """The queue and workers behind the endpoints: one worker per loaded judge (device), see the module docstring.
+
+    Args:
+        judges: one loaded judge per device (the same model on each).
+        info: what ``/info`` reports (see :func:`judge_info`), completed with the server's settings.
+        merge_requests: merge queued requests of one kind into one judge call.
+        max_batch_rows: most rows one merged call takes (a single larger request still runs whole).
+        max_body_bytes: the largest request body accepted (413 above).
+    """
+
+    def __init__(
+        self,
+        judges: list,
+        info: dict,
+        merge_requests: bool = True,
+        max_batch_rows: int = 8192,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ):
+        if not judges:
+            raise ValueError("a judge server needs at least one loaded judge")
+        self.judges = judges
+        self.merge_requests = merge_requests
+        self.max_batch_rows = max_batch_rows
+        self.max_body_bytes = max_body_bytes
+        self.info = {
+            **info,
+            "workers": len(judges),
+            "merge_requests": merge_requests,
+            "max_batch_rows": max_batch_rows,
+            "max_body_bytes": max_body_bytes,
+        }
+        self.pointwise = info.get("pointwise", False)
+        self._pending: deque[_Job] = deque()
+        self._ready: asyncio.Condition | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.calls = 0  # judge calls made (observability; tests check merging with it)
+        self.requests = 0
+
+    async def start(self) -> None:
+        self._ready = asyncio.Condition()
+        self._tasks = [asyncio.create_task(self._work(judge)) for judge in self.judges]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def submit(self, kind: str, columns: tuple[list, ...]) -> list[float]:
+        """Queue one request and wait for its results."""
+        if kind == "score" and not self.pointwise:
+            raise RequestError(f"{self.info.get('class')} has no per-response scores; use /compare", status=404)
+        job = _Job(kind, columns, asyncio.get_running_loop().create_future())
+        async with self._ready:
+            self._pending.append(job)
+            self._ready.notify()
+        self.requests += 1
+        return await job.future
+
+    def _take(self) -> list[_Job]:
+        """The oldest job and, when merging, the queued jobs of its kind behind it within ``max_batch_rows``."""
+        first = self._pending.popleft()
+        jobs, rows = [first], first.rows
+        if self.merge_requests:
+            for job in list(self._pending):
+                if job.kind == first.kind and rows + job.rows <= self.max_batch_rows:
+                    self._pending.remove(job)
+                    jobs.append(job)
+                    rows += job.rows
+        return jobs
+
+    async def _work(self, judge) -> None:
+        while True:
+            async with self._ready:
+                await self._ready.wait_for(lambda: bool(self._pending))
+                jobs = self._take()
+            columns = tuple([value for job in jobs for value in job.columns[c]] for c in range(len(jobs[0].columns)))
+            try:
+                results = await asyncio.to_thread(_call, judge, jobs[0].kind, columns)
+                self.calls += 1
+            except Exception as err:  # noqa: BLE001 - every waiting request gets the judge's error
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                continue
+            start = 0
+            for job in jobs:
+                if not job.future.done():  # a client that went away cancelled its future
+                    job.future.set_result(results[start : start + job.rows])
+                start += job.rows
+
+
+def _call(judge, kind: str, columns: tuple[list, ...]) -> list[float]:
+    values = judge.compare(*columns) if kind == "compare" else judge.score_responses(*columns)
+    return [float(v) for v in values]
+
+
+def create_app(server: JudgeServer):
+    """The FastAPI application serving ``server`` (see the module docstring for the endpoints)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await server.start()
+        yield
+        await server.stop()
+
+    app = FastAPI(title="rlhf-pairs judge", lifespan=lifespan)
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > server.max_body_bytes:
+            raise RequestError(f"the body has {declared} bytes, over the limit of {server.max_body_bytes}", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > server.max_body_bytes:
+                raise RequestError(f"the body is over the limit of {server.max_body_bytes} bytes", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def handle(request: Request, kind: str, key: str) -> JSONResponse:
+        try:
+            columns = parse_request(await read_body(request), kind)
+            values = await server.submit(kind, columns)
+        except RequestError as err:
+            return JSONResponse({"error": str(err)}, status_code=err.status)
+        except ValueError as err:  # the judge refused the input
+            return JSONResponse({"error": str(err)}, status_code=400)
+        except Exception as err:  # noqa: BLE001 - the judge failed; the server keeps serving
+            logger.exception("judge call failed")
+            return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
+        return JSONResponse({key: values})
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info():
+        return {**server.info, "requests": server.requests, "judge_calls": server.calls}
+
+    @app.post("/compare")
+    async def compare(request: Request):
+        return await handle(request, "compare", "probabilities")
+
+    @app.post("/score")
+    async def score(request: Request):
+        return await handle(request, "score", "scores")
+
+    return app
+
+
+def serve(server: JudgeServer, host: str, port: int, log_level: str = "info") -> None:
+    """Run ``server`` with uvicorn until interrupted."""
+    try:
+        import uvicorn
+    except ImportError as err:
+        raise ImportError("serve-judge needs the serve extra: pip install 'rlhf-pairs[serve]'") from err
+    uvicorn.run(create_app(server), host=host, port=port, log_level=log_level)
