@@ -646,3 +646,23 @@ def test_an_option_the_class_does_not_take_is_refused_by_name(judge_module, tmp_
     assert not out.exists()
     assert run(rank, argv)["ranked"] == 1  # without the option it loads (and gets no device it cannot take)
     assert read_jsonl(out)[0]["best"] == 1
+
+
+def test_the_readme_custom_judge_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's ten-line judge by import path, copied from the README, through the rank job."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("# my_judges.py (on PYTHONPATH)")
+    code = readme[start : readme.index("```", start)]
+    (tmp_path / "my_judges.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "candidates.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "Why?", "responses": ["short", "a much longer answer here", "mid one"]}) + "\n"
+    )
+    out = tmp_path / "ranked.jsonl"
+    summary = run(rank, ["--judge_type", "my_judges:LengthJudge", "--judge", "none", "--dataset_name", str(data),
+                         "--output", str(out), "--judge_temperature", "2"])  # fmt: skip
+    (row,) = read_jsonl(out)
+    assert (row["best"], row["worst"], row["scores"]) == (1, 0, [1.0, 5.0, 2.0])
+    assert summary["comparisons"] == 0 and summary["scored"] == 3
+    assert row["margin"] == pytest.approx(1 / (1 + math.exp(-(5.0 - 1.0) / 2)))  # the temperature reached the judge

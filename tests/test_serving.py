@@ -324,3 +324,22 @@ def test_iterate_and_grpo_use_a_served_judge(pair_server, tiny_pair_lm_path, tmp
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(abs(x) < 1e6 for x in losses)
     assert pair_server.info()["requests"] > after_iterate
+
+
+def test_the_remote_bench_runs_and_one_client_gets_the_in_process_numbers(tmp_path, tiny_pair_lm_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_remote.py"
+    spec = importlib.util.spec_from_file_location("bench_remote", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "remote.json"
+    argv = ["--judge", str(tiny_pair_lm_path), "--requests", "3", "--rows", "2", "--clients", "1", "--out", str(out)]
+    report = bench.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    local, remote = report["results"]
+    assert (local["method"], remote["method"]) == ("in-process", "remote")
+    assert remote["max_abs_dp"] == 0.0 and remote["judge_calls"] == 3  # one request, one judge call, same numbers
+    assert all(r["pairs_per_s"] > 0 and r["requests_per_s"] > 0 for r in report["results"])
+    assert "bench_remote.py" in report["env"]["command"] and "| remote | 1 |" in out.with_suffix(".md").read_text()
