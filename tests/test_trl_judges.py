@@ -52,6 +52,14 @@ class ReferenceBlender:
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
+        self.logits: dict[tuple, float] = {}  # (source, first, second) -> the model's logit, each computed once
+
+    def logit(self, source, first, second):
+        if (source, first, second) not in self.logits:
+            enc = card_tokenize_pair(self.tokenizer, [source], [first], [second])
+            with torch.no_grad():
+                self.logits[(source, first, second)] = self.model(**enc).item()
+        return self.logits[(source, first, second)]
 
     def rank(self, inputs, candidates, return_scores=False, disable_tqdm=False):
         cmps = np.zeros((len(inputs), len(candidates[0]), len(candidates[0])), dtype=np.float32)
@@ -59,9 +67,7 @@ class ReferenceBlender:
             for i in range(len(cands)):
                 for j in range(len(cands)):
                     if i != j:
-                        enc = card_tokenize_pair(self.tokenizer, [source], [cands[i]], [cands[j]])
-                        with torch.no_grad():
-                            cmps[n, i, j] = self.model(**enc).item()
+                        cmps[n, i, j] = self.logit(source, cands[i], cands[j])
         scores = get_scores_from_cmps(cmps)
         return scores if return_scores else get_ranks_from_scores(scores)
 
