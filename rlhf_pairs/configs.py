@@ -498,8 +498,12 @@ class PairRMTrainConfig:
         default=0.0,
         metadata={"help": "Pairs held out of the train split when there is no test split (fraction if < 1)."},
     )
-    max_train_pairs: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
-    max_eval_pairs: int | None = field(default=None, metadata={"help": "Evaluate on at most N held-out pairs."})
+    max_train_pairs: int | None = field(
+        default=None, metadata={"help": "Use only the first N training pairs (candidate lists: N prompts)."}
+    )
+    max_eval_pairs: int | None = field(
+        default=None, metadata={"help": "Evaluate on at most N held-out pairs (candidate lists: N prompts)."}
+    )
     source_max_length: int = field(default=SOURCE_MAX_LENGTH, metadata={"help": "Source token budget (card: 1224)."})
     max_length: int = field(
         default=MAX_LENGTH,

@@ -1,4 +1,5 @@
-"""PairRM fine-tuning: both-orders batches, the logistic loss the judge reads, recipes, and a real (tiny) run."""
+"""PairRM fine-tuning: both-orders batches, the logistic loss the judge reads, llm-blender's instructgpt loss and pair
+sampling, candidate lists, recipes, and real (tiny) runs."""
 
 import json
 import math
@@ -15,7 +16,13 @@ from transformers import TrainingArguments
 from rlhf_pairs import PairRMJudge
 from rlhf_pairs.configs import PairRMTrainConfig
 from rlhf_pairs.testing_utils import build_tiny_pairrm
-from rlhf_pairs.trainer.pairrm_trainer import PairRMCollator, PairRMTrainer
+from rlhf_pairs.trainer.pairrm_trainer import (
+    CandidateSource,
+    PairRMCollator,
+    PairRMTrainer,
+    candidate_sources,
+    sample_pairs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [
@@ -37,10 +44,17 @@ def small_init_pairrm(tmp_path_factory):
     return build_tiny_pairrm(tmp_path_factory.mktemp("models") / "tiny-pairrm-trainable", initializer_range=0.02)
 
 
+def pairs_as_rows(pairs: list[dict]) -> list[dict]:
+    """Preference pairs as `sample_pairs` writes them for the default loss: better first, label 1."""
+    return [{"prompt": p["prompt"], "first": p["chosen"], "second": p["rejected"], "label": 1.0} for p in pairs]
+
+
 def test_batches_hold_both_orders_and_the_loss_is_what_the_judge_reads(tiny_pairrm_path, tmp_path):
     judge = PairRMJudge.from_pretrained(str(tiny_pairrm_path), device="cpu")
     collator = PairRMCollator(judge.encoder, judge.tokenizer.pad_token_id)
-    batch = collator(PAIRS)
+    sources = [CandidateSource(p["prompt"], (p["chosen"], p["rejected"]), (1.0, 0.0)) for p in PAIRS]
+    assert sample_pairs(sources, 5) == pairs_as_rows(PAIRS)  # a pair is one pair, better first
+    batch = collator(pairs_as_rows(PAIRS))
     assert batch["input_ids"].shape[0] == 4 and batch["labels"].tolist() == [1.0, 1.0]
     for i, pair in enumerate(PAIRS):
         for order, (a, b) in enumerate([(pair["chosen"], pair["rejected"]), (pair["rejected"], pair["chosen"])]):
@@ -64,6 +78,96 @@ def test_batches_hold_both_orders_and_the_loss_is_what_the_judge_reads(tiny_pair
     probs = judge.compare([p["prompt"] for p in PAIRS], [p["chosen"] for p in PAIRS], [p["rejected"] for p in PAIRS])
     # -log P(chosen better), P = sigmoid(f(c, r) - f(r, c)), averaged over pairs.
     assert float(loss) == pytest.approx(sum(-math.log(p) for p in probs) / len(probs), rel=1e-5)
+
+
+def test_pairs_are_sampled_per_source_without_ties():
+    source = CandidateSource("p", tuple("abcdef"), (5.0, 4.0, 4.0, 3.0, 2.0, 1.0))  # b and c tie: 14 pairs
+    score = dict(zip(source.responses, source.scores))
+    rows = sample_pairs([source] * 20, pairs_per_source=5, loss_type="instructgpt", seed=0)
+    assert len(rows) == 100 and rows == sample_pairs([source] * 20, 5, "instructgpt", seed=0)
+    assert rows != sample_pairs([source] * 20, 5, "instructgpt", seed=1)
+    for start in range(0, 100, 5):
+        drawn = {frozenset((r["first"], r["second"])) for r in rows[start : start + 5]}
+        assert len(drawn) == 5 and frozenset("bc") not in drawn  # distinct pairs, ties never drawn
+    assert all(r["label"] == float(score[r["first"]] > score[r["second"]]) for r in rows)
+    assert 30 < sum(r["label"] for r in rows) < 70  # each pair in one random order
+    assert len({frozenset((r["first"], r["second"])) for r in rows}) == 14  # every untied pair gets drawn
+    # The default loss writes every pair better-first (its collator adds the other order).
+    both = sample_pairs([source], pairs_per_source=20)
+    assert len(both) == 14 and all(r["label"] == 1.0 and score[r["first"]] > score[r["second"]] for r in both)
+    with pytest.raises(ValueError, match="loss_type"):
+        sample_pairs([source], 5, "hinge")
+
+
+def test_candidate_lists_are_filtered_and_deduplicated():
+    rows = [
+        {"prompt": "q", "responses": ["a", "b", "a", "c"], "rewards": [1, 0, 5, 0.5]},  # kept: "a" once, score 1
+        {"prompt": [{"role": "user", "content": "q"}], "responses": ["a", "b"], "rewards": [0.2, 0.1]},  # kept
+        {"prompt": "q", "responses": ["a", "b"], "rewards": [1, 1]},  # all tied
+        {"prompt": "q", "responses": ["a", "a"], "rewards": [1, 0]},  # one distinct response
+        {"prompt": "q", "responses": ["a", "b"], "rewards": [1]},  # a score missing
+        {"prompt": "q", "responses": ["a", "b"], "rewards": [1, float("nan")]},
+        {"prompt": "q", "responses": ["a", " "], "rewards": [1, 0]},  # blank response
+        {"prompt": [{"role": "system", "content": "s"}], "responses": ["a", "b"], "rewards": [1, 0]},
+    ]
+    sources, stats = candidate_sources(rows)
+    assert [(s.responses, s.scores) for s in sources] == [(("a", "b", "c"), (1.0, 0.0, 0.5)), (("a", "b"), (0.2, 0.1))]
+    assert dict(stats.dropped) == {"no_preference": 2, "bad_scores": 2, "empty_turn": 1, "not_alternating": 1}
+    assert sources[0].best_and_worst() == ("a", "b")
+
+
+def llm_blender_instructgpt_loss(left_pred_scores, right_pred_scores, left_scores, right_scores):
+    """llm-blender's `CrossCompareReranker.compute_loss` with `loss_type="instructgpt"` (pair_ranker/ranker.py),
+    transcribed: the head's scores of [source, candidate1] and [source, candidate2] from one forward, and the two
+    candidates' metric scores."""
+    dif_scores = left_scores - right_scores
+    left_pred_scores = left_pred_scores * dif_scores.sign()
+    right_pred_scores = -right_pred_scores * dif_scores.sign()
+    cls_loss = torch.tensor(0.0)
+    cls_loss += -torch.log(torch.sigmoid(left_pred_scores + right_pred_scores)).mean()
+    return cls_loss
+
+
+def test_instructgpt_loss_is_llm_blenders_on_a_hand_computed_batch(tiny_pairrm_path, tmp_path):
+    judge = PairRMJudge.from_pretrained(str(tiny_pairrm_path), device="cpu")
+    model = judge.model.eval()
+    sources = [
+        CandidateSource("hello!", ("hi!", "go away", "hello there", "hi hi"), (3.0, 1.0, 1.0, 2.0)),  # one tie
+        CandidateSource(PAIRS[1]["prompt"], (PAIRS[1]["chosen"], PAIRS[1]["rejected"]), (1.0, 0.0)),
+    ]
+    rows = sample_pairs(sources, pairs_per_source=10, loss_type="instructgpt", seed=3)
+    assert len(rows) == 6 and [r["label"] for r in rows] == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]  # 5 untied + the pair
+    collator = PairRMCollator(judge.encoder, judge.tokenizer.pad_token_id, both_orders=False)
+    batch = collator(rows)
+    assert batch["input_ids"].shape[0] == 6  # one forward per pair, in its drawn order
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to="none")
+    trainer = PairRMTrainer(model=model, args=args, data_collator=collator, loss_type="instructgpt")
+    score = {(i, r): s for i, src in enumerate(sources) for r, s in zip(src.responses, src.scores)}
+    origin = [0] * 5 + [1]
+    with torch.no_grad():
+        loss = float(trainer.compute_loss(model, dict(batch)))
+        # By hand: f(a, b) as the judge scores one order, the sign of the score difference.
+        f = judge.score_ordered_pairs(
+            [r["prompt"] for r in rows], [r["first"] for r in rows], [r["second"] for r in rows]
+        )
+        signs = torch.tensor(
+            [1.0 if score[o, r["first"]] > score[o, r["second"]] else -1.0 for o, r in zip(origin, rows)]
+        )
+        by_hand = float(-torch.nn.functional.logsigmoid(signs * f).mean())
+        # llm-blender's own formula on the head's two scores and the candidates' scores.
+        hidden = model.pretrained_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden, at = hidden.last_hidden_state, torch.arange(6)
+        source = hidden[at, batch["source_positions"]]
+        left = model.head_layer(torch.cat([source, hidden[at, batch["cand1_positions"]]], dim=-1))
+        right = model.head_layer(torch.cat([source, hidden[at, batch["cand2_positions"]]], dim=-1))
+        left_scores = torch.tensor([[score[o, r["first"]]] for o, r in zip(origin, rows)])
+        right_scores = torch.tensor([[score[o, r["second"]]] for o, r in zip(origin, rows)])
+        blender = float(llm_blender_instructgpt_loss(left, right, left_scores, right_scores))
+        both_orders = PairRMTrainer(model=model, args=args, loss_type="both_orders").compute_loss(
+            model, dict(PairRMCollator(judge.encoder, judge.tokenizer.pad_token_id)(rows))
+        )
+    assert loss == pytest.approx(by_hand, rel=1e-5) and loss == pytest.approx(blender, rel=1e-5)
+    assert abs(loss - float(both_orders)) > 1e-3  # a different objective on the same pairs
 
 
 def test_every_recipe_key_is_a_field_of_the_parsed_dataclasses():
@@ -90,6 +194,7 @@ def test_every_recipe_key_is_a_field_of_the_parsed_dataclasses():
         2048,
     )
     assert training.learning_rate == 1e-5
+    assert (config.loss_type, config.pairs_per_source) == ("both_orders", 5)
 
 
 def test_recipe_learns_a_synthetic_preference_and_round_trips_as_a_judge(small_init_pairrm, tmp_path):
@@ -181,3 +286,39 @@ def test_rlhflow_message_rows_are_refused(small_init_pairrm, tmp_path):
                 str(tmp_path / "o"),
             ]
         )
+
+
+def test_candidate_lists_train_with_llm_blenders_loss_and_sampling(small_init_pairrm, tmp_path):
+    """The rank job's output (prompt, responses, rewards) trains PairRM with `loss_type: instructgpt`: up to
+    `pairs_per_source` untied pairs per prompt, one random order each; held out by best vs worst."""
+    rows = []
+    for p in synthetic_pairs(40, seed=0):
+        responses = [p["rejected"], "the lazy dog", p["chosen"], p["chosen"]]  # a repeat, kept once
+        rows.append({"prompt": p["prompt"], "responses": responses, "rewards": [0.0, 0.5, 1.0, 1.0]})
+    rows[0]["rewards"] = [1.0] * 4  # all tied: no preference
+    data = tmp_path / "ranked.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = load_script("train_pairrm").main(
+        [
+            "--config",
+            str(ROOT / "recipes/pairrm/tiny-cpu.yaml"),
+            "--model_name_or_path",
+            str(small_init_pairrm),
+            "--dataset_name",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--loss_type",
+            "instructgpt",
+            "--pairs_per_source",
+            "2",
+            "--max_steps",
+            "2",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
+    assert summary["conversion"] == "40 rows -> 39 pairs; dropped 1 (no_preference: 1)"
+    assert (summary["train_sources"], summary["eval_pairs"]) == (31, 8)  # eval_size 0.2 of 39 sources
+    assert summary["train_pairs"] == 62 and math.isfinite(summary["train_loss"])  # 2 of each source's 3 pairs
+    assert 0.0 <= summary["eval"]["eval_pairwise_accuracy"] <= 1.0

@@ -18,13 +18,16 @@ from trl import ModelConfig, SFTConfig
 from rlhf_pairs.configs import PairPMConfig
 from rlhf_pairs.trainer.pair_pm_data import (
     RenderedContextFormatter,
+    apply_overlong,
     comparisons,
+    label_tokens_for,
     load_preference_splits,
     pair_context,
     tokenized_dataset,
 )
 from rlhf_pairs.trainer.pair_pm_trainer import (
     PairPreferenceSFTTrainer,
+    check_packing,
     end_of_turn_id,
     ensure_pad_token,
     save_merged_lora,
@@ -45,7 +48,8 @@ def tokenized_cache_dir() -> str | None:
 
 
 def main(script_args: PairPMConfig, training_args: SFTConfig, model_args: ModelConfig) -> dict:
-    """Train, evaluate and save; returns a summary (conversion counts, final train loss, final eval metrics)."""
+    """Train, evaluate and save; returns a summary (conversion counts, over-long comparisons, training rows, final
+    train loss, final eval metrics)."""
     from trl import get_peft_config
 
     # ------------------------------------------------------------------ model & tokenizer
@@ -55,16 +59,18 @@ def main(script_args: PairPMConfig, training_args: SFTConfig, model_args: ModelC
     model = load_causal_lm(model_args, training_args)
     pad_token = ensure_pad_token(tokenizer, model)
     eot_id = end_of_turn_id(tokenizer, script_args.eot_token) if script_args.loss_on_eot else None
-    num_targets = 1 + script_args.loss_on_eot
-    prefix_budget = training_args.max_length - num_targets if training_args.max_length else None
+    label_tokens = label_tokens_for(script_args.label_format, RenderedContextFormatter(tokenizer), eot_id)
+    prefix_budget = training_args.max_length - label_tokens.max_length if training_args.max_length else None
     formatter = RenderedContextFormatter(tokenizer, max_length=prefix_budget)
     logger.info(
-        "pad token %r (id %d); label ids A=%d B=%d",
+        "pad token %r (id %d); label format %s: A -> %s, B -> %s",
         pad_token,
         tokenizer.pad_token_id,
-        formatter.token_id_a,
-        formatter.token_id_b,
+        label_tokens.name,
+        list(label_tokens.ids["A"]),
+        list(label_tokens.ids["B"]),
     )
+    check_packing(model, training_args)
 
     # ------------------------------------------------------------------ dataset
     # The main process of each node loads, converts and tokenizes first, writing the datasets cache; the others then
@@ -75,20 +81,29 @@ def main(script_args: PairPMConfig, training_args: SFTConfig, model_args: ModelC
         eval_comps = comparisons(eval_pairs, formatter, "both")
         cache_dir = tokenized_cache_dir()
         num_proc = training_args.dataset_num_proc
-        train_dataset = tokenized_dataset(train_comps, formatter, eot_id, num_proc, cache_dir)
-        eval_dataset = tokenized_dataset(eval_comps, formatter, eot_id, num_proc, cache_dir) if eval_comps else None
-    truncated = sum(train_dataset["truncated"])
-    if truncated:
-        logger.warning(
-            "%d of %d training comparisons exceeded max_length=%s and were truncated (oldest context first)",
-            truncated,
-            len(train_dataset),
-            training_args.max_length,
+        train_dataset = tokenized_dataset(train_comps, formatter, label_tokens, num_proc, cache_dir)
+        eval_dataset = (
+            tokenized_dataset(eval_comps, formatter, label_tokens, num_proc, cache_dir) if eval_comps else None
         )
-    train_dataset = train_dataset.remove_columns("truncated")
-    eval_dataset = eval_dataset.remove_columns("truncated") if eval_dataset is not None else None
+        train_dataset, overlong = apply_overlong(train_dataset, script_args.overlong)
+        if eval_dataset is not None:  # held out: truncated as the judge truncates, whatever `overlong` says
+            eval_dataset, _ = apply_overlong(eval_dataset, "truncate")
+    if overlong:
+        logger.warning(
+            "%d of %d training comparisons exceeded max_length=%s and were %s",
+            overlong,
+            len(train_comps),
+            training_args.max_length,
+            "dropped" if script_args.overlong == "drop" else "truncated (oldest context first)",
+        )
+    if not len(train_dataset):
+        raise ValueError(f"every training comparison exceeds max_length={training_args.max_length} (overlong: drop)")
     logger.info(
-        "%d training comparisons (%s), %d held-out pairs", len(train_dataset), script_args.orders, len(eval_pairs)
+        "%d training comparisons (%s, %s labels), %d held-out pairs",
+        len(train_dataset),
+        script_args.orders,
+        label_tokens.name,
+        len(eval_pairs),
     )
 
     # ------------------------------------------------------------------ training
@@ -113,6 +128,9 @@ def main(script_args: PairPMConfig, training_args: SFTConfig, model_args: ModelC
     summary = {
         "conversion": stats.summary(),
         "train_comparisons": len(train_dataset),
+        "overlong_truncated": overlong if script_args.overlong == "truncate" else 0,
+        "overlong_dropped": overlong if script_args.overlong == "drop" else 0,
+        "train_sequences": len(trainer.train_dataset),  # packed rows with `packing`, else comparisons
         "eval_pairs": len(eval_pairs),
         "train_loss": train_result.training_loss,
     }

@@ -1,4 +1,4 @@
-"""``rlhf-pairs train-pairrm``: fine-tune a PairRM (DeBERTa pair ranker) on ``prompt``/``chosen``/``rejected`` pairs.
+"""``rlhf-pairs train-pairrm``: fine-tune a PairRM (DeBERTa pair ranker) on preference pairs or candidate lists.
 
     rlhf-pairs train-pairrm --config pairrm-hf --dataset_name my_pairs.jsonl
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/train_pairrm.py \
@@ -16,20 +16,16 @@ import os
 from transformers import TrainingArguments
 
 from rlhf_pairs.configs import PairRMTrainConfig
-from rlhf_pairs.trainer.pair_pm_data import load_preference_splits
-from rlhf_pairs.trainer.pairrm_trainer import PairRMCollator, PairRMTrainer
+from rlhf_pairs.trainer.pairrm_trainer import PairRMCollator, PairRMTrainer, load_sources, sample_pairs
 
 logger = logging.getLogger(__name__)
 
 RECIPES = "pairrm"
 
 
-def _rows(pairs) -> list[dict]:
-    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
-
-
 def main(config: PairRMTrainConfig, training_args: TrainingArguments) -> dict:
-    """Fine-tune, evaluate and save; returns a summary (conversion counts, final train loss, final eval metrics)."""
+    """Fine-tune, evaluate and save; returns a summary (conversion counts, sources, sampled training pairs, final
+    train loss, final eval metrics)."""
     from transformers import AutoTokenizer
 
     from rlhf_pairs.judges.pairrm import DebertaV2PairRM, PairRMEncoder
@@ -43,11 +39,20 @@ def main(config: PairRMTrainConfig, training_args: TrainingArguments) -> dict:
     encoder = PairRMEncoder(tokenizer, **encoder_kwargs)
 
     # ------------------------------------------------------------------ dataset
-    pairs, eval_pairs, stats = load_preference_splits(config, training_args.seed, schema="preference", trainer="PairRM")
-    logger.info("%d training pairs (both orders per step), %d held-out pairs", len(pairs), len(eval_pairs))
+    sources, eval_sources, stats = load_sources(config, training_args.seed)
+    train_rows = sample_pairs(sources, config.pairs_per_source, config.loss_type, training_args.seed)
+    eval_pairs = [(s.prompt, *s.best_and_worst()) for s in eval_sources]  # (prompt, better, worse)
+    eval_rows = [{"prompt": p, "first": c, "second": r, "label": 1.0} for p, c, r in eval_pairs]
+    logger.info(
+        "%d training pairs from %d sources (%s loss), %d held-out pairs",
+        len(train_rows),
+        len(sources),
+        config.loss_type,
+        len(eval_pairs),
+    )
 
     # ------------------------------------------------------------------ training
-    training_args.remove_unused_columns = False  # the collator reads prompt/chosen/rejected
+    training_args.remove_unused_columns = False  # the collator reads prompt/first/second/label
     if not eval_pairs and training_args.eval_strategy != "no":
         logger.warning("no held-out pairs (set `eval_size` or `dataset_test_split`): evaluation is turned off")
         training_args.eval_strategy = "no"
@@ -55,17 +60,19 @@ def main(config: PairRMTrainConfig, training_args: TrainingArguments) -> dict:
     trainer = PairRMTrainer(
         model=model,
         args=training_args,
-        train_dataset=_rows(pairs),
-        eval_dataset=_rows(eval_pairs) or None,
-        data_collator=PairRMCollator(encoder, pad_id),
+        train_dataset=train_rows,
+        eval_dataset=eval_rows or None,
+        data_collator=PairRMCollator(encoder, pad_id, both_orders=config.loss_type == "both_orders"),
         processing_class=tokenizer,
-        eval_pairs=([p.prompt for p in eval_pairs], [p.chosen for p in eval_pairs], [p.rejected for p in eval_pairs]),
+        eval_pairs=tuple(list(column) for column in zip(*eval_pairs)) if eval_pairs else ([], [], []),
         encoder_kwargs=encoder_kwargs,
+        loss_type=config.loss_type,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     summary = {
         "conversion": stats.summary(),
-        "train_pairs": len(pairs),
+        "train_sources": len(sources),
+        "train_pairs": len(train_rows),
         "eval_pairs": len(eval_pairs),
         "train_loss": train_result.training_loss,
     }

@@ -20,9 +20,16 @@ context in chosen and rejected, no empty turn) are dropped and counted by reason
 responses (no preference to learn; RLHFlow kept them).
 
 A pair becomes ordered :class:`Comparison` s, both orders by default (RLHFlow drew one unseeded random order per
-pair; ``orders="random"`` does that with a seed). A comparison is tokenized with the judge's own formatter: the
-training sequence is *exactly* the ids :class:`~rlhf_pairs.PairPreferenceJudge` reads at inference, followed by the
-label token ("A" or "B"), optionally plus the end-of-turn token; every other position is labelled -100.
+pair; ``orders="random"`` does that with a seed; ``orders="as_is"`` keeps the one order an RLHFlow comparison row
+holds). A comparison is tokenized with the judge's own formatter: the training sequence is *exactly* the ids
+:class:`~rlhf_pairs.PairPreferenceJudge` reads at inference, followed by a :class:`LabelTokens` suffix:
+
+- ``judge`` (default): the label token ("A" or "B"), optionally plus the end-of-turn token, trained at the position
+  the judge reads;
+- ``rlhflow``: RLHFlow's axolotl sequence (:func:`rlhflow_label_tokens`): the assistant header, the label, the
+  end of turn, with the loss on the assistant turn as axolotl masks it.
+
+Every other position is labelled -100.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_pairs.configs import ORDERS
+from rlhf_pairs.configs import LABEL_FORMATS, ORDERS, OVERLONG
 from rlhf_pairs.data_utils import Prompt, load_split, validate_prompt
 from rlhf_pairs.judges.pair_lm import PAIR_TEMPLATE, PairPreferenceFormatter
 
@@ -62,6 +69,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     context: str | None = None
+    label: str | None = None  # an RLHFlow comparison row's answer: "A" when chosen is its response A
 
 
 @dataclass(frozen=True)
@@ -263,7 +271,7 @@ def preference_pairs(rows: Iterable[dict], schema: str | None = None) -> tuple[l
                 if response_a == response_b:
                     raise RowDropped("identical_responses")
                 chosen, rejected = (response_a, response_b) if label == "A" else (response_b, response_a)
-                pairs.append(PreferencePair(prompt=None, chosen=chosen, rejected=rejected, context=context))
+                pairs.append(PreferencePair(None, chosen, rejected, context=context, label=label))
             else:
                 pairs.append(pair_from_row(row))
         except RowDropped as dropped:
@@ -325,34 +333,140 @@ def pair_context(pair: PreferencePair, formatter: PairPreferenceFormatter) -> st
 def comparisons(
     pairs: Sequence[PreferencePair], formatter: PairPreferenceFormatter, orders: str = "both", seed: int = 0
 ) -> list[Comparison]:
-    """Ordered comparisons of ``pairs``: both orders (chosen as A, then chosen as B), or one order per pair drawn
-    with ``seed`` (``orders="random"``, RLHFlow's recipe, made reproducible)."""
+    """Ordered comparisons of ``pairs``: both orders (chosen as A, then chosen as B), one order per pair drawn with
+    ``seed`` (``orders="random"``: RLHFlow's data preparation, made reproducible), or the order of the RLHFlow
+    comparison row each pair was read from (``orders="as_is"``: the dataset's own draw, row for row).
+
+    Raises ``ValueError`` for an unknown ``orders``, and for ``as_is`` on a pair without a row order (read from a
+    prompt/chosen/rejected row)."""
     if orders not in ORDERS:
         raise ValueError(f"`orders` must be one of {ORDERS}, got {orders!r}")
     rng = random.Random(seed)
     out = []
     for i, pair in enumerate(pairs):
         context = pair_context(pair, formatter)
-        positions = (0, 1) if orders == "both" else (rng.randrange(2),)
+        if orders == "as_is":
+            if pair.label is None:
+                raise ValueError(
+                    f"`orders: as_is` keeps the A/B order of RLHFlow comparison rows (`messages`); pair {i} comes "
+                    "from a prompt/chosen/rejected row, which has no order: use `both` or `random`"
+                )
+            positions = (LABELS.index(pair.label),)
+        else:
+            positions = (0, 1) if orders == "both" else (rng.randrange(2),)
         for chosen_position in positions:
             a, b = (pair.chosen, pair.rejected) if chosen_position == 0 else (pair.rejected, pair.chosen)
             out.append(Comparison(context, a, b, LABELS[chosen_position], i))
     return out
 
 
+@dataclass(frozen=True)
+class LabelTokens:
+    """What a training sequence appends to the judge's input for each answer, and the loss labels of those tokens.
+
+    ``ids[label]`` and ``labels[label]`` (same length, -100 where there is no loss) for ``label`` in ("A", "B");
+    ``name`` is the label format. Build one with :meth:`judge` or :func:`rlhflow_label_tokens`.
+    """
+
+    name: str
+    ids: dict[str, tuple[int, ...]]
+    labels: dict[str, tuple[int, ...]]
+
+    @property
+    def max_length(self) -> int:
+        """The longest suffix: the room the judge's input must leave within a training ``max_length``."""
+        return max(len(ids) for ids in self.ids.values())
+
+    @classmethod
+    def judge(cls, formatter: PairPreferenceFormatter, eot_token_id: int | None = None) -> LabelTokens:
+        """The label token right after the judge's input, at the position the judge reads (+ ``eot_token_id``),
+        every appended token trained."""
+        ids = {
+            label: (token_id,) if eot_token_id is None else (token_id, eot_token_id)
+            for label, token_id in zip(LABELS, (formatter.token_id_a, formatter.token_id_b))
+        }
+        return cls("judge", ids, dict(ids))
+
+
+def _axolotl_ids(tokenizer, text: str, add_eos: bool) -> list[int]:
+    """Axolotl's ``PromptTokenizingStrategy._tokenize(text, add_eos_token=add_eos, strip_bos_token=True)`` (its
+    per-turn truncation at the sequence length aside): the tokenizer's own call, EOS appended unless already last,
+    a leading BOS removed."""
+    ids = list(tokenizer(text)["input_ids"])
+    if add_eos and ids and tokenizer.eos_token_id is not None and ids[-1] != tokenizer.eos_token_id:
+        ids.append(tokenizer.eos_token_id)
+    if ids and ids[0] == tokenizer.bos_token_id:
+        ids = ids[1:]
+    return ids
+
+
+def rlhflow_label_tokens(formatter: PairPreferenceFormatter) -> LabelTokens:
+    """RLHFlow's training suffix: axolotl 55cc214 (the commit RLHF-Reward-Modeling's ``pair-pm/README.md`` pins) with
+    ``type: sharegpt.load_ultrachat``, ``conversation: llama-3``, ``train_on_inputs: false``.
+
+    Axolotl tokenizes each turn on its own: ``tokenizer(role + content)`` without the BOS it adds, EOS appended to
+    the assistant turn unless it already ends with it, and the first ``len(tokenizer(role.rstrip()))`` tokens of
+    the assistant turn masked. With Llama-3 the suffix is ``<|start_header_id|>assistant<|end_header_id|>`` (no
+    loss) + ``\n\n``, the label, ``<|eot_id|>`` (loss), and the user turn before it is exactly the judge's input
+    (same text, no BOS). The role header is taken from the tokenizer's chat template (its generation prompt) and the
+    turn from its rendering of the assistant message: for Llama-3 these are fastchat's ``llama-3`` turns, so the
+    result is RLHFlow's; another template gets the same rule.
+
+    Raises ``ValueError`` when the chat template has no assistant header to follow the user turn.
+    """
+    tokenizer = formatter.tokenizer
+    user = [{"role": "user", "content": "x"}]
+    plain = tokenizer.apply_chat_template(user, tokenize=False)
+    prompted = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    header = prompted[len(plain) :]
+    if not prompted.startswith(plain) or not header.strip():
+        raise ValueError(
+            "`label_format: rlhflow` needs a chat template that renders an assistant header after the user turn "
+            f"(its generation prompt); {type(tokenizer).__name__}'s template adds {header!r}"
+        )
+    role_length = len(_axolotl_ids(tokenizer, header.rstrip(), add_eos=False))
+    ids, labels = {}, {}
+    for label in LABELS:
+        rendered = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": label}], tokenize=False)
+        turn = rendered[len(plain) :]
+        if not rendered.startswith(plain) or not turn.startswith(header):
+            raise ValueError(
+                f"`label_format: rlhflow`: the chat template renders the assistant turn as {turn!r}, which does not "
+                f"start with its generation prompt {header!r}"
+            )
+        turn_ids = _axolotl_ids(tokenizer, turn, add_eos=True)
+        masked = min(role_length, len(turn_ids))
+        ids[label] = tuple(turn_ids)
+        labels[label] = (IGNORE_INDEX,) * masked + tuple(turn_ids[masked:])
+    return LabelTokens("rlhflow", ids, labels)
+
+
+def label_tokens_for(
+    label_format: str, formatter: PairPreferenceFormatter, eot_token_id: int | None = None
+) -> LabelTokens:
+    """The :class:`LabelTokens` of a ``label_format`` (``judge`` or ``rlhflow``)."""
+    if label_format == "judge":
+        return LabelTokens.judge(formatter, eot_token_id)
+    if label_format == "rlhflow":
+        if eot_token_id is not None:
+            raise ValueError("an end-of-turn target is for `label_format: judge`; `rlhflow` already trains one")
+        return rlhflow_label_tokens(formatter)
+    raise ValueError(f"`label_format` must be one of {LABEL_FORMATS}, got {label_format!r}")
+
+
 def tokenize_comparison(
-    comparison: Comparison, formatter: RenderedContextFormatter, eot_token_id: int | None = None
+    comparison: Comparison, formatter: RenderedContextFormatter, label_tokens: LabelTokens | None = None
 ) -> dict[str, list[int] | bool]:
-    """``input_ids`` = the judge's inference ids for the comparison + the label token (+ ``eot_token_id`` if given);
-    ``labels`` = -100 everywhere but those last one or two positions; ``truncated`` = whether the formatter had to
-    cut the comparison to its ``max_length``."""
+    """``input_ids`` = the judge's inference ids for the comparison + the ``label_tokens`` suffix of its label
+    (default: :meth:`LabelTokens.judge`, the label token alone); ``labels`` = -100 on the judge's ids, the suffix's
+    loss labels after them; ``truncated`` = whether the formatter had to cut the comparison to its ``max_length``
+    (which must leave room for the suffix)."""
+    label_tokens = label_tokens or LabelTokens.judge(formatter)
     before = formatter.num_truncated
     prefix = formatter.encode(comparison.context, comparison.response_a, comparison.response_b)
-    label_id = formatter.token_id_a if comparison.label == "A" else formatter.token_id_b
-    target = [label_id] if eot_token_id is None else [label_id, eot_token_id]
     return {
-        "input_ids": prefix + target,
-        "labels": [IGNORE_INDEX] * len(prefix) + target,
+        "input_ids": prefix + list(label_tokens.ids[comparison.label]),
+        "labels": [IGNORE_INDEX] * len(prefix) + list(label_tokens.labels[comparison.label]),
         "truncated": formatter.num_truncated > before,
     }
 
@@ -360,15 +474,15 @@ def tokenize_comparison(
 def tokenized_dataset(
     comps: Sequence[Comparison],
     formatter: RenderedContextFormatter,
-    eot_token_id: int | None = None,
+    label_tokens: LabelTokens | None = None,
     num_proc: int | None = None,
     cache_dir: str | Path | None = None,
 ):
     """A ``datasets.Dataset`` with ``input_ids``/``labels`` (SFTTrainer uses a ``labels`` column as is) and
-    ``truncated``, one row per comparison, in order.
+    ``truncated``, one row per comparison, in order (``label_tokens``: see :func:`tokenize_comparison`).
 
     With ``cache_dir`` the result is written there as an Arrow file named after a fingerprint of its inputs (the
-    comparisons, the tokenizer, ``formatter.max_length``, ``eot_token_id``, the rlhf_pairs version and the source of
+    comparisons, the tokenizer, ``formatter.max_length``, the label tokens, the rlhf_pairs version and the source of
     the tokenization code, so an edited checkout never reads a stale file) and read back
     instead of recomputed when that file exists: under ``main_process_first`` the other processes of a launch load
     what the main process built. Without it the dataset stays in memory (``datasets`` caches nothing for a dataset
@@ -379,6 +493,7 @@ def tokenized_dataset(
 
     from rlhf_pairs import __version__
 
+    label_tokens = label_tokens or LabelTokens.judge(formatter)
     table = datasets.Dataset.from_dict(
         {
             "context": [c.context for c in comps],
@@ -390,7 +505,7 @@ def tokenized_dataset(
     )
 
     def encode(row: dict) -> dict:
-        return tokenize_comparison(Comparison(**row), formatter, eot_token_id)
+        return tokenize_comparison(Comparison(**row), formatter, label_tokens)
 
     num_proc = num_proc if num_proc and len(comps) >= 1000 * num_proc else None
     fingerprint = cache_file = None
@@ -399,7 +514,8 @@ def tokenized_dataset(
         # a process that tokenized and one that loaded, and would change the hash.
         fingerprint = Hasher.hash(
             [table._fingerprint, formatter.tokenizer, type(formatter).__qualname__, formatter.max_length]
-            + [eot_token_id, __version__, _tokenization_code()]
+            + [label_tokens.name, sorted(label_tokens.ids.items()), sorted(label_tokens.labels.items())]
+            + [__version__, _tokenization_code()]
         )
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         cache_file = str(Path(cache_dir) / f"comparisons-{fingerprint}.arrow")
@@ -412,6 +528,18 @@ def tokenized_dataset(
         new_fingerprint=fingerprint,
         load_from_cache_file=cache_file is not None,
     )
+
+
+def apply_overlong(dataset, overlong: str):
+    """(``dataset`` without its ``truncated`` column, how many of its comparisons were over-long): ``truncate``
+    keeps them as the formatter truncated them (the judge's rule), ``drop`` removes them (axolotl's
+    ``drop_long_seq``: a row longer than the sequence length is not trained)."""
+    if overlong not in OVERLONG:
+        raise ValueError(f"`overlong` must be one of {OVERLONG}, got {overlong!r}")
+    count = sum(dataset["truncated"])
+    if overlong == "drop" and count:
+        dataset = dataset.filter(lambda truncated: not truncated, input_columns="truncated", desc="Dropping over-long")
+    return dataset.remove_columns("truncated"), count
 
 
 def _tokenization_code() -> str:

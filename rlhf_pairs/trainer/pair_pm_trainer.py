@@ -4,12 +4,19 @@ Features:
 
 - Data: ``RLHFlow/pair_preference_model_dataset`` (``messages`` rows) by default, or any ``prompt``/``chosen``/
   ``rejected`` dataset, converted with RLHFlow's filters into comparisons in both orders (or one seeded random
-  order per pair, ``orders: random``, like RLHFlow). See :mod:`rlhf_pairs.trainer.pair_pm_data`. In a multi-process launch
-  the main process of each node prepares the data first and the tokenized comparisons are cached (``rlhf_pairs/`` in
-  the datasets cache, keyed by their inputs), so the other processes load them instead of tokenizing again.
+  order per pair, ``orders: random``, or each RLHFlow row in its own order, ``orders: as_is``). See
+  :mod:`rlhf_pairs.trainer.pair_pm_data`. In a multi-process launch the main process of each node prepares the
+  data first and the tokenized comparisons are cached (``rlhf_pairs/`` in the datasets cache, keyed by their
+  inputs), so the other processes load them instead of tokenizing again.
 - Loss on the label token only ("A"/"B"; ``loss_on_eot`` adds the end-of-turn token): the dataset is tokenized here
   with the judge's formatter and handed to ``SFTTrainer`` pre-tokenized with a ``labels`` column, which TRL uses as
   is. The training sequence is exactly the inference input of :class:`~rlhf_pairs.PairPreferenceJudge` + the label.
+  ``label_format: rlhflow`` appends RLHFlow's assistant turn instead (header, label, end of turn; axolotl's mask).
+- Over-long comparisons (``overlong``): truncated like the judge truncates (default) or dropped like axolotl drops
+  them; the summary counts them either way.
+- Packing (TRL's ``packing: true``, best-fit decreasing): comparisons are packed into ``max_length``-token rows,
+  flattened padding-free with position ids restarting at 0 per comparison, so that transformers' attention keeps
+  each comparison to itself. :func:`check_packing` verifies that on the loaded model before training.
 - Pad token: Llama-3 has none. A pad token that is also EOS/EOT (RLHFlow's ``pad = eos``) makes every
   ``input_ids != pad`` mask drop the end-of-turn token the judge reads, so :func:`ensure_pad_token` uses an unused
   reserved token (``<|finetune_right_pad_id|>``, ``<|reserved_special_token_0|>``) or adds ``<|pad|>``.
@@ -22,8 +29,9 @@ Assumptions: the tokenizer encodes "A" and "B" as single tokens and has a chat t
 Every process evaluates an equal share of the held-out pairs in equal batches (DeepSpeed ZeRO-3 needs every rank to
 run the same number of forwards).
 
-Raises ``ValueError`` for an unknown ``orders``, a dataset without the expected columns, or an ``eval_size`` that
-leaves no training pair.
+Raises ``ValueError`` for an unknown ``orders``, ``orders: as_is`` on prompt/chosen/rejected rows, a dataset
+without the expected columns, an ``eval_size`` that leaves no training pair, ``packing_strategy: wrapped``, or an
+attention implementation that lets packed comparisons see each other.
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ logger = logging.getLogger(__name__)
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|reserved_special_token_0|>", "<|pad|>", "<pad>", "[PAD]")
 ADDED_PAD_TOKEN = "<|pad|>"
 EOT_CANDIDATES = ("<|eot_id|>", "<end_of_turn>", "<|im_end|>")
+# A packed comparison's logits may move this much (relative to their scale) with its neighbour changed: float
+# rounding is far below it (exact zeros in practice), attention to a neighbour far above.
+PACKED_LEAK_TOLERANCE = 1e-3
 
 
 def ensure_pad_token(tokenizer, model=None) -> str:
@@ -68,6 +79,79 @@ def ensure_pad_token(tokenizer, model=None) -> str:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer.pad_token
+
+
+def packed_attention_leak(model) -> float | None:
+    """How much packing changes a comparison's logits on ``model``; ``None`` when it cannot be measured here.
+
+    Two rows are packed the way TRL's padding-free collator lays out a batch (no attention mask, position ids that
+    restart at 0 per sequence, ``cu_seq_lens``): [s1, s2] and [s1', s2], with s1' another random sequence of s1's
+    length. If every sequence only attends to itself, s2's logits are the same in both (the masked keys contribute
+    exact zeros); the result is their largest difference relative to the logits' scale. Not measurable: parameters
+    partitioned by DeepSpeed ZeRO-3 (a forward outside the engine), or flash-attention kernels on a model not on a
+    GPU (transformers gives them the collator's ``cu_seq_lens``; not tested here).
+    """
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    params = list(model.parameters())
+    implementation = str(getattr(model.config, "_attn_implementation", None))
+    if any(hasattr(p, "ds_id") for p in params):
+        return None
+    device = params[0].device
+    if "flash" in implementation and device.type != "cuda":
+        return None
+    vocab = model.get_input_embeddings().weight.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    first, other, second = (torch.randint(0, vocab, (n,), generator=generator).tolist() for n in (6, 6, 9))
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = []
+        for before in (first, other):
+            batch = collator([{"input_ids": before}, {"input_ids": second}])
+            batch.pop("labels")
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with torch.no_grad():
+                logits.append(model(**batch, use_cache=False).logits[0, len(before) :].float())
+    finally:
+        model.train(was_training)
+    return float((logits[0] - logits[1]).abs().max() / logits[0].abs().max().clamp(min=1.0))
+
+
+def check_packing(model, args) -> bool:
+    """Refuse packed training that would let comparisons see each other; returns whether isolation was verified.
+
+    ``args`` is the ``SFTConfig``: ``packing_strategy: wrapped`` (cuts comparisons across rows, and TRL keeps the
+    attention mask, so packed comparisons attend to each other) is refused; otherwise :func:`packed_attention_leak`
+    must be 0 up to float rounding. Does nothing without ``packing``/``padding_free``. Raises ``ValueError``.
+    """
+    if not (args.packing or args.padding_free):
+        return False
+    if args.packing and args.packing_strategy == "wrapped":
+        raise ValueError(
+            "`packing_strategy: wrapped` cuts comparisons at row ends and lets packed comparisons attend to each "
+            "other; pack whole comparisons with `packing_strategy: bfd` (TRL's default)"
+        )
+    implementation = getattr(model.config, "_attn_implementation", None)
+    leak = packed_attention_leak(model)
+    if leak is None:
+        logger.warning(
+            "packing: cannot verify here that attention %r keeps packed comparisons apart (DeepSpeed ZeRO-3 "
+            "parameters, or flash-attention on a model outside a GPU); transformers separates them by the "
+            "collator's position ids / cu_seq_lens",
+            implementation,
+        )
+        return False
+    if leak > PACKED_LEAK_TOLERANCE:
+        raise ValueError(
+            f"packing: attention implementation {implementation!r} of {type(model).__name__} lets packed "
+            f"comparisons attend to each other (a comparison's logits change by {leak:.3g} of their scale with the "
+            "comparison packed before it); use `attn_implementation: sdpa` (or eager, flash_attention_2) with a "
+            "model whose attention builds its mask from position ids, or `packing: false`"
+        )
+    logger.info("packing: attention %r keeps packed comparisons apart (checked, %.2g)", implementation, leak)
+    return True
 
 
 def end_of_turn_id(tokenizer, eot_token: str | None = None) -> int:
