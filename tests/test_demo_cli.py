@@ -54,6 +54,37 @@ def test_demo_runs_a_round_of_iterative_dpo(tiny_pair_lm_path, tmp_path, capsys)
     assert "reused from an earlier run (same settings): eval, generate, pairs, rank, train" in capsys.readouterr().out
 
 
+def test_the_rule_judge_demo_ranks_by_length_and_follows_the_answers_length(tmp_path, capsys):
+    """--judge-rule concise: a judge whose preference is a rule (the shorter answer wins), so the pairs and the
+    report can be checked against it; two rounds, the report follows the held-out answers' length."""
+    from rlhf_pairs.judges.rules import ConciseJudge
+    from rlhf_pairs.utils.io import read_jsonl
+
+    policy = build_tiny_pair_lm(tmp_path / "policy", seed=3)
+    out = tmp_path / "demo"
+    argv = ["demo", "--policy", str(policy), "--judge-rule", "concise", "--output-dir", str(out), "--rounds", "2"]
+    argv += ["--prompts", "3", "--eval-prompts", "2", "--candidates", "3", "--max-new-tokens", "8", "--steps", "1"]
+    assert cli(argv) == 0
+    printed = capsys.readouterr().out
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [1, 2] and all(m["rank/comparisons"] == 0 for m in metrics)
+    assert "rule judge: the shorter answer wins" in printed
+    for k in (1, 2):
+        for row in read_jsonl(out / f"round_{k}" / "rank" / "rankings.jsonl"):
+            words = [max(len(text.split()), 1) for text in row["responses"]]
+            assert words[row["best"]] == min(words) and words[row["worst"]] == max(words)  # the rule, visibly
+        completions = read_jsonl(out / f"round_{k}" / "eval" / "completions.jsonl")
+        new = sum(len(r["new"].split()) for r in completions) / len(completions)
+        previous = sum(len(r["previous"].split()) for r in completions) / len(completions)
+        assert f"held-out answers: {new:.1f} words on average after this round, {previous:.1f} before" in printed
+        judge = ConciseJudge()
+        expected = judge.compare([r["prompt"] for r in completions], [r["new"] for r in completions],
+                                 [r["previous"] for r in completions])  # fmt: skip
+        assert [r["p_new_better"] for r in completions] == pytest.approx(expected)
+    with pytest.raises(SystemExit):
+        cli(["demo", "--judge-rule", "nonsense"])
+
+
 def test_bundled_prompts_are_valid_and_varied():
     from rlhf_pairs.data_utils import validate_prompt
     from rlhf_pairs.utils.io import read_jsonl

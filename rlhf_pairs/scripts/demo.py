@@ -8,7 +8,11 @@ judge the new policy against the old one on held-out prompts. It prints a report
 ``metrics.jsonl`` and ``metrics.png`` under ``--output-dir``.
 
 A 135M model is a weak judge (near chance on the bundled judge sanity pairs) and a few DPO steps change little:
-the point is the whole pipeline on real text. Re-running the same command reuses the finished stages.
+the point is the whole pipeline on real text, judged by a real (if small) pair model, and it stays the default for
+that reason. To *see* the loop move the policy, ``--judge-rule concise`` swaps in a judge whose preference is a
+documented rule (:class:`~rlhf_pairs.judges.rules.ConciseJudge`: the shorter answer wins) and the report follows the
+answers' length round by round; ``--rounds 2`` shows the trend. Re-running the same command reuses the finished
+stages.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ from importlib import resources
 from pathlib import Path
 
 RECIPES = "demo"
+# --judge-rule NAME -> (judge_type, what the report says about it)
+RULE_JUDGES = {
+    "concise": (
+        "rlhf_pairs.judges.rules:ConciseJudge",
+        "rule judge: the shorter answer wins, P = sigmoid(word gap / 4)",
+    ),
+}
 
 
 def load_demo_pairs() -> list[dict]:
@@ -43,6 +54,12 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     parser.add_argument("--output-dir", default="rlhf_pairs_demo", help="where the round's stages and metrics go")
     parser.add_argument("--policy", default=None, help="policy checkpoint (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--judge", default=None, help="pair preference LM (default: the policy, zero-shot)")
+    parser.add_argument(
+        "--judge-rule",
+        choices=tuple(RULE_JUDGES),
+        default=None,
+        help="a rule judge with a known preference instead (concise: the shorter answer wins)",
+    )
     parser.add_argument("--cache-dir", default=None, help="where the converted SmolLM2 lives (~/.cache/rlhf_pairs)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of iterative DPO")
     parser.add_argument("--prompts", type=int, default=16, help="training prompts per round")
@@ -79,6 +96,8 @@ def check_judge(judge_path: str) -> tuple[str, bool]:
 
 def iterate_arguments(args: argparse.Namespace, policy: str, judge: str) -> list[str]:
     """The ``iterate`` job's arguments for the demo (every other setting keeps its default)."""
+    rule = getattr(args, "judge_rule", None)
+    judge_options = {"judge_type": RULE_JUDGES[rule][0]} if rule else {"judge_max_length": 1024}
     values = {
         # IterateConfig
         "dataset_name": demo_prompts_path(),
@@ -93,7 +112,7 @@ def iterate_arguments(args: argparse.Namespace, policy: str, judge: str) -> list
         "shard_size": 8,
         # JudgeArguments
         "judge": judge,
-        "judge_max_length": 1024,
+        **judge_options,
         "redo": True,  # a changed demo option recomputes the stages it affects
         # DPOConfig
         "output_dir": args.output_dir,
@@ -130,8 +149,24 @@ def _spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {std:.3f} over {len(values)} steps"
 
 
+def mean_words(path: Path, column: str) -> float | None:
+    """The mean length in words of ``column`` in a stage's JSON-lines file (``None`` when the file is missing)."""
+    from rlhf_pairs.utils.io import read_jsonl
+
+    if not path.exists():
+        return None
+    rows = read_jsonl(path)
+    return sum(len(row[column].split()) for row in rows) / len(rows) if rows else None
+
+
 def report(
-    root: Path, metrics: list[dict], policy: str, judge: str, seconds: float, started: float | None = None
+    root: Path,
+    metrics: list[dict],
+    policy: str,
+    judge: str,
+    seconds: float,
+    started: float | None = None,
+    judge_note: str = "zero-shot pair preference LM, both orders",
 ) -> str:
     """The run in words, saying only what the numbers support: per round the candidates and comparisons, the pairs
     kept and why the others were dropped, DPO loss and reward accuracy as means over steps with their spread, and the
@@ -140,7 +175,7 @@ def report(
     import json
 
     lines = [f"\nrlhf-pairs demo: iterative DPO with a pair judge, {len(metrics)} round(s) in {seconds / 60:.1f} min"]
-    lines.append(f"  policy: {policy}\n  judge:  {judge} (zero-shot pair preference LM, both orders)")
+    lines.append(f"  policy: {policy}\n  judge:  {judge} ({judge_note})")
     for m in metrics:
         k = m["round"]
         prompts, comparisons = m.get("generate/prompts", 0), m.get("rank/comparisons", 0)
@@ -180,6 +215,10 @@ def report(
             )
             if low <= 0.5 <= high:
                 lines.append("  -> not distinguishable from 0.5: no measurable change at this sample size")
+            completions = root / f"round_{k}" / "eval" / "completions.jsonl"
+            new, previous = mean_words(completions, "new"), mean_words(completions, "previous")
+            if new is not None and previous is not None:
+                lines.append(f"  held-out answers: {new:.1f} words on average after this round, {previous:.1f} before")
         if margin is not None and abs(margin - 0.5) < 0.05:
             lines.append("  -> the judge's margins are close to 0.5: it barely prefers one candidate over another")
     pairs_file = root / f"round_{metrics[-1]['round']}" / "pairs" / "pairs.jsonl" if metrics else None
@@ -208,8 +247,11 @@ def main(args: argparse.Namespace) -> dict:
         policy = str(smollm2_checkpoint(args.cache_dir))
     else:
         policy = args.policy
-    judge = args.judge or policy
-    if args.check_judge:
+    rule = getattr(args, "judge_rule", None)
+    if rule and args.judge:
+        raise ValueError("give --judge or --judge-rule, not both")
+    judge = rule or args.judge or policy
+    if args.check_judge and not rule:
         print(check_judge(judge)[0])
 
     # ---- one or more rounds of the iterate job ----
@@ -221,7 +263,8 @@ def main(args: argparse.Namespace) -> dict:
     # ---- report ----
     seconds = time.perf_counter() - start
     if loop.state.is_main_process:
-        print(report(Path(args.output_dir), metrics, policy, judge, seconds, started))
+        note = RULE_JUDGES[rule][1] if rule else "zero-shot pair preference LM, both orders"
+        print(report(Path(args.output_dir), metrics, policy, judge, seconds, started, judge_note=note))
     return {"metrics": metrics, "seconds": seconds, "output_dir": args.output_dir}
 
 
