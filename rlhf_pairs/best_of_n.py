@@ -296,6 +296,7 @@ def _run_locked(config: BestOfNConfig, judge_args: JudgeArguments, model_args, s
     summary = {"prompts": len(prompts), "complete": False}
     if len(todo) < len(prompts):
         logger.info("best-of-n: stopped after max_shards=%d generation shard(s); re-run to go on", cfg.max_shards)
+        _drop_stale_output(cfg.output, state)
         return summary
     candidates = work / "candidates.jsonl"
     if state.is_main_process:
@@ -323,6 +324,7 @@ def _run_locked(config: BestOfNConfig, judge_args: JudgeArguments, model_args, s
         ranking = rank_dataset(rank_config, judge_args)
     if not ranking["complete"]:
         logger.info("best-of-n: stopped after max_shards=%d ranking shard(s); re-run to go on", cfg.max_shards)
+        _drop_stale_output(cfg.output, state)
         return summary
     summary.update({key: ranking[key] for key in ("ranked", "skipped", "comparisons", "scored")}, complete=True)
 
@@ -337,6 +339,14 @@ def _run_locked(config: BestOfNConfig, judge_args: JudgeArguments, model_args, s
         summary["scored"], cfg.output,
     )  # fmt: skip
     return summary
+
+
+def _drop_stale_output(output: str, state) -> None:
+    """An unfinished run's ``output`` can only be an earlier run's (e.g. before ``overwrite`` with another judge):
+    removed, so that no complete-looking file outlives the work it came from."""
+    if state.is_main_process:
+        Path(output).unlink(missing_ok=True)
+    state.wait_for_everyone()
 
 
 def output_row(row: dict, ranked: dict) -> dict:

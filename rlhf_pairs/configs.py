@@ -94,14 +94,27 @@ class JudgeArguments:
 
     def result_fields(self) -> dict:
         """The fields that change what the judge says (for fingerprints of finished work). A local judge path is
-        made absolute, so ``judge/``, ``./judge`` and its absolute path are one judge."""
+        made absolute, so ``judge/``, ``./judge`` and its absolute path are one judge. For ``judge_type: remote``
+        the URL says nothing about the judge behind it: the server's own description (``/info``: judge, type,
+        class, dtype, temperature, max length, format) is recorded, so a server restarted with another judge at the
+        same URL does not resume finished work (fetched once per process, waiting for a server that is starting)."""
         keys = ("judge", "judge_type", "judge_dtype", "judge_temperature", "judge_max_length")
         fields = {key: getattr(self, key) for key in keys}
         if Path(self.judge).exists():
             fields["judge"] = str(Path(self.judge).resolve())
         if self.judge_type == "pairrm" and self.judge_pairrm_format != "card":  # absent by default: old runs match
             fields["judge_pairrm_format"] = self.judge_pairrm_format
+        if self.judge_type == "remote":
+            fields["served"] = self.served_judge()
         return fields
+
+    def served_judge(self) -> dict:
+        """What the ``serve-judge`` server at ``judge`` serves (the result-changing part of its ``/info``)."""
+        if getattr(self, "_served", None) is None:
+            from rlhf_pairs.judges.remote import RemoteJudge, served_identity
+
+            self._served = served_identity(RemoteJudge(self.judge).info)
+        return self._served
 
     def load(self, device=None):
         """The judge, loaded with :func:`rlhf_pairs.judges.load_judge` on ``device``."""

@@ -234,7 +234,7 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
                 "--overwrite true to discard them, or choose another output"
             )
         if state.is_main_process:
-            for path in [*found, marker]:
+            for path in [*found, marker, Path(config.output)]:  # the output joined from them is stale too
                 path.unlink(missing_ok=True)
     elif state.is_main_process:
         for k, path in enumerate(shards):

@@ -34,7 +34,8 @@ Pointwise judges (a judge with ``score_responses(prompts, responses) -> list[flo
 scored once (n rows for n distinct candidates, all prompts in one ``score_responses`` call, 0 matches), ``best`` is
 the argmax (ties: lowest index), ``worst`` the argmin (ties: highest index, as round robin), ``scores`` the judge's
 own scores, and ``margin`` P(best beats worst) from one batched ``compare`` call (which a reward judge answers from
-its cached scores). ``pointwise=False`` forces the tournament with such a judge.
+its cached scores; a judge with ``preference_from_scores``, such as a reward judge, gives it from the scores
+directly, without a call). ``pointwise=False`` forces the tournament with such a judge.
 
 Match outcome: with p = P(a beats b), a wins if p > 0.5, b if p < 0.5, and on an exact tie (p == 0.5) the candidate
 with the lower original index wins (so in the losers' bracket the higher index advances as the worse one).
@@ -282,7 +283,14 @@ def _rank_by_scores(
         if candidates[i][results[i].best] == candidates[i][results[i].worst]:
             results[i].margin = 0.5
     distinct = [i for i in distinct if results[i].margin is None]
-    if distinct:
+    if distinct and callable(getattr(judge, "preference_from_scores", None)):
+        # From the scores just sorted (a second compare could rescore them in other batches after a cache eviction).
+        differences = [results[i].scores[results[i].best] - results[i].scores[results[i].worst] for i in distinct]
+        for i, margin in zip(
+            distinct, check_probabilities(judge, judge.preference_from_scores(differences), len(distinct))
+        ):
+            results[i].margin = margin
+    elif distinct:
         margins = judge.compare(
             [prompts[i] for i in distinct],
             [candidates[i][results[i].best] for i in distinct],

@@ -17,7 +17,9 @@ Endpoints (JSON in, JSON out; floats are written with ``repr``, so they round-tr
   pointwise judge (a reward model); 404 for a pair judge.
 
 Errors: 400 with ``{"error": message}`` for malformed JSON or inputs the judge refuses (the message is the judge's
-own ``ValueError``), 413 for a body over ``max_body_bytes``, 500 when the judge fails; the server keeps serving.
+own ``ValueError``), 413 for a body over ``max_body_bytes``, 500 when the judge fails (an exception, or a value that is
+not a finite number); the server keeps serving, and a merged call that fails is retried request by request, so one
+request's bad rows never fail another's.
 
 Batching: requests wait in one queue; a worker takes the oldest and, with ``merge_requests``, every queued request of
 the same kind behind it up to ``max_batch_rows`` rows, and makes one judge call over all their rows (the judge sorts
@@ -82,6 +84,7 @@ def judge_info(judge, name: str, judge_type: str) -> dict:
         "batch_tokens": getattr(judge, "batch_tokens", None),
         "temperature": getattr(judge, "temperature", None),
         "pointwise": callable(getattr(judge, "score_responses", None)),
+        "pairrm_format": getattr(judge, "conversation_format", None),
     }
 
 
@@ -187,25 +190,62 @@ class JudgeServer:
             async with self._ready:
                 await self._ready.wait_for(lambda: bool(self._pending))
                 jobs = self._take()
-            columns = tuple([value for job in jobs for value in job.columns[c]] for c in range(len(jobs[0].columns)))
-            try:
-                results = await asyncio.to_thread(_call, judge, jobs[0].kind, columns)
-                self.calls += 1
-            except Exception as err:  # noqa: BLE001 - every waiting request gets the judge's error
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-                continue
-            start = 0
+            if len(jobs) > 1:
+                try:
+                    results = await self._run(judge, jobs)
+                except Exception:  # noqa: BLE001 - one request's rows broke the merged call: each on its own
+                    for job in jobs:
+                        await self._answer(judge, [job])
+                    continue
+                _deliver(jobs, results)
+            else:
+                await self._answer(judge, jobs)
+
+    async def _run(self, judge, jobs: list[_Job]) -> list[float]:
+        columns = tuple([value for job in jobs for value in job.columns[c]] for c in range(len(jobs[0].columns)))
+        results = await asyncio.to_thread(_call, judge, jobs[0].kind, columns)
+        self.calls += 1
+        return results
+
+    async def _answer(self, judge, jobs: list[_Job]) -> None:
+        """One judge call for ``jobs``; its results, or its error, go to every job's future. Never raises (but for
+        cancellation): a worker outlives any failure of the judge, so the server keeps serving."""
+        try:
+            results = await self._run(judge, jobs)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:  # noqa: BLE001 - SystemExit or KeyboardInterrupt from a judge must not kill us
             for job in jobs:
-                if not job.future.done():  # a client that went away cancelled its future
-                    job.future.set_result(results[start : start + job.rows])
-                start += job.rows
+                if not job.future.done():
+                    job.future.set_exception(err if isinstance(err, Exception) else RuntimeError(repr(err)))
+            return
+        _deliver(jobs, results)
+
+
+def _deliver(jobs: list[_Job], results: list[float]) -> None:
+    start = 0
+    for job in jobs:
+        if not job.future.done():  # a client that went away cancelled its future
+            job.future.set_result(results[start : start + job.rows])
+        start += job.rows
 
 
 def _call(judge, kind: str, columns: tuple[list, ...]) -> list[float]:
-    values = judge.compare(*columns) if kind == "compare" else judge.score_responses(*columns)
-    return [float(v) for v in values]
+    """The judge's values for ``columns``, as finite floats. Raises ``RuntimeError`` for a value that is not one
+    (JSON has no NaN) or for a ``StopIteration`` from the judge (asyncio cannot carry it out of a thread)."""
+    import math
+
+    try:
+        values = judge.compare(*columns) if kind == "compare" else judge.score_responses(*columns)
+    except StopIteration as err:
+        raise RuntimeError(f"the judge raised StopIteration: {err!r}") from None
+    out = [float(v) for v in values]
+    for row, value in enumerate(out):
+        if not math.isfinite(value):
+            raise RuntimeError(
+                f"{type(judge).__name__}.{kind} returned {value} for row {row}; expected a finite number"
+            )
+    return out
 
 
 def create_app(server: JudgeServer):

@@ -118,6 +118,9 @@ def test_changed_arguments_over_finished_shards_are_refused(candidates_file, tin
         cli(rank_args(data, out, tiny_pair_lm_path, "--seed", "1"))
     cli(rank_args(data, out, tiny_pair_lm_path, "--seed", "1", "--overwrite", "true"))
     assert len(read_jsonl(out)) == 9
+    # Overwriting again with other arguments and stopping early leaves no output of the discarded shards behind.
+    cli(rank_args(data, out, tiny_pair_lm_path, "--seed", "2", "--overwrite", "true", "--max_shards", "1"))
+    assert not out.exists()
 
 
 def test_a_failed_start_does_not_block_the_fixed_rerun(candidates_file, tiny_pair_lm_path, tmp_path, monkeypatch):

@@ -149,7 +149,10 @@ def test_a_model_without_pad_token_is_scored_as_unpadded(tmp_path):
     assert all(judge.encode(p, r)[-1] == tokenizer.eos_token_id for p, r in zip(prompts, responses))  # the trap
     rewards = judge.score_responses(prompts, responses)
     assert rewards == pytest.approx(reference_rewards(model, tokenizer, prompts, responses), abs=1e-5)
-    assert judge.model.config.pad_token_id == tokenizer.eos_token_id  # restored after the batches
+    assert judge.model.config.pad_token_id is None  # the model is left as it was
+    # So a second judge on the same model object sees what the first saw, and scores the same.
+    second = RewardModelJudge(judge.model, judge.tokenizer)
+    assert second.borrowed_pad and second.score_responses(prompts, responses) == pytest.approx(rewards, abs=1e-6)
 
 
 def test_only_single_output_classifiers_are_reward_models(tiny_reward_model_path, tmp_path):
@@ -207,7 +210,7 @@ def test_ranking_by_rewards_sorts_without_matches(tiny_reward_model_path, refere
     assert (results[3].best, results[3].worst, results[3].skipped) == (0, 0, "fewer than 2 candidates")
     assert (results[4].best, results[4].worst, results[4].margin, results[4].num_scored) == (0, 1, 0.5, 2)
     assert stats.rows_scored == 5 + 3 + 2 + 1 == judge.num_scored_responses  # distinct texts; margins from cache
-    assert (stats.matches, stats.rows_judged, stats.compare_calls) == (0, 0, 1)
+    assert (stats.matches, stats.rows_judged, stats.compare_calls) == (0, 0, 0)  # margins from the sorted scores
 
 
 def test_pointwise_false_plays_the_knockout(tiny_reward_model_path):

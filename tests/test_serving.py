@@ -109,6 +109,11 @@ def test_results_over_the_wire_equal_local_results_exactly(pair_server, tiny_pai
         load_judge("remote", pair_server.url, dtype="float32", attn_implementation="sdpa").info["judge"]
         == info["judge"]
     )
+    assert load_judge("remote", pair_server.url, dtype="float").info["dtype"] == "float32"  # aliases are normalised
+    # Fingerprints of finished work record what the server serves, not only its URL.
+    served = JudgeArguments(judge=pair_server.url, judge_type="remote").result_fields()["served"]
+    assert served["judge"] == str(tiny_pair_lm_path) and served["class"].endswith("PairPreferenceJudge")
+    assert served["dtype"] == "float32" and served["temperature"] == 1.0 and served["pointwise"] is False
     with pytest.raises(
         ValueError, match=r"temperature=2.0 \(the server's: 1.0\), max_length=512 \(the server's: 1024\)"
     ):
@@ -343,3 +348,48 @@ def test_the_remote_bench_runs_and_one_client_gets_the_in_process_numbers(tmp_pa
     assert remote["max_abs_dp"] == 0.0 and remote["judge_calls"] == 3  # one request, one judge call, same numbers
     assert all(r["pairs_per_s"] > 0 and r["requests_per_s"] > 0 for r in report["results"])
     assert "bench_remote.py" in report["env"]["command"] and "| remote | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_a_failing_judge_call_fails_only_its_own_request_and_the_worker_survives():
+    class Fragile:
+        """Refuses rows whose response is "bad", raises StopIteration / SystemExit on cue, NaN for "nan"."""
+
+        def __init__(self):
+            self.calls = []
+
+        def compare(self, prompts, a, b):
+            self.calls.append(list(a))
+            if "bad" in a:
+                raise ValueError("`responses_a` holds 'bad'")
+            if "stop" in a:
+                raise StopIteration
+            if "exit" in a:
+                raise SystemExit(3)
+            return [float("nan") if x == "nan" else 0.75 for x in a]
+
+    async def scenario():
+        judge = Fragile()
+        server = JudgeServer([judge], {"pointwise": False}, merge_requests=True)
+        await server.start()
+        outcomes = await asyncio.gather(
+            *(server.submit("compare", (["p"], [text], ["b"])) for text in ("ok", "bad", "fine")),
+            return_exceptions=True,
+        )
+        lone = []
+        for text in ("stop", "exit", "nan", "after"):
+            try:
+                lone.append(await asyncio.wait_for(server.submit("compare", (["p"], [text], ["b"])), timeout=30))
+            except Exception as err:  # noqa: BLE001
+                lone.append(err)
+        await server.stop()
+        return judge.calls, outcomes, lone
+
+    calls, merged, lone = asyncio.run(scenario())
+    # The merged call failed on "bad": each request was then judged alone, so "ok" and "fine" got their numbers.
+    assert calls[:4] == [["ok", "bad", "fine"], ["ok"], ["bad"], ["fine"]]
+    assert merged[0] == [0.75] and merged[2] == [0.75]
+    assert isinstance(merged[1], ValueError) and "holds 'bad'" in str(merged[1])
+    assert isinstance(lone[0], RuntimeError) and "StopIteration" in str(lone[0])  # no hang
+    assert isinstance(lone[1], RuntimeError) and "SystemExit" in str(lone[1])  # the worker survived it
+    assert isinstance(lone[2], RuntimeError) and "returned nan for row 0" in str(lone[2])
+    assert lone[3] == [0.75]  # and still serves

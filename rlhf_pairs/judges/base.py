@@ -313,6 +313,11 @@ class RewardJudge(PairwiseJudge):
         """P(a better than b) from r_a - r_b (float64): sigmoid(difference / temperature)."""
         return torch.sigmoid(reward_difference.double() / self.temperature)
 
+    def preference_from_scores(self, differences: Sequence[float]) -> list[float]:
+        """P(a better than b) for each r_a - r_b in ``differences``: what :meth:`compare` returns for rewards that
+        differ by that much (ranking uses it for the margin, so it agrees with the scores it sorted)."""
+        return self.preference(torch.tensor(list(differences), dtype=torch.float64)).tolist()
+
     def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
         check_pair_inputs(prompts, responses_a, responses_b)
         n = len(prompts)

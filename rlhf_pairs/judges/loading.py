@@ -113,7 +113,7 @@ def load_judge(
         from rlhf_pairs.judges.remote import RemoteJudge
 
         asked = {
-            "dtype": None if dtype == "auto" else str(dtype).removeprefix("torch."),
+            "dtype": None if dtype == "auto" else _dtype_name(dtype),
             "attn_implementation": attn_implementation, "temperature": None if temperature == 1.0 else temperature,
             "max_length": max_length, "batch_tokens": batch_tokens,
         }  # fmt: skip
@@ -136,6 +136,14 @@ def load_judge(
         kwargs["conversation_format"] = pairrm_format
     with zero3_init_disabled():
         return judge_class.from_pretrained(name_or_path, **kwargs)
+
+
+def _dtype_name(dtype) -> str:
+    """The canonical name of a dtype given by name, alias (``"half"`` -> ``"float16"``) or as a torch dtype."""
+    import torch
+
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    return str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else str(dtype)
 
 
 def _accepts(function, name: str) -> bool:

@@ -33,6 +33,13 @@ from rlhf_pairs.judges.base import check_pair_inputs, check_response_inputs
 logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = (502, 503, 504)
+# The /info fields that change what a served judge says (for fingerprints of finished work).
+IDENTITY_FIELDS = ("judge", "judge_type", "class", "dtype", "temperature", "max_length", "pointwise", "pairrm_format")
+
+
+def served_identity(info: dict) -> dict:
+    """The result-changing part of a server's ``/info``."""
+    return {key: info.get(key) for key in IDENTITY_FIELDS}
 
 
 class RemoteJudge:
@@ -63,9 +70,12 @@ class RemoteJudge:
         self.retry_seconds = retry_seconds
         self.info = info if info is not None else self._request("GET", "/info")
         self.max_body_bytes = int(self.info.get("max_body_bytes") or 0) or None
+        expect = dict(expect or {})
+        if self.info.get("judge_type") == "pairrm":  # PairRM's budgets are its card's: a local load ignores it too
+            expect.pop("max_length", None)
         differences = [
             f"{key}={value!r} (the server's: {self.info.get(key)!r})"
-            for key, value in (expect or {}).items()
+            for key, value in expect.items()
             if self.info.get(key) != value
         ]
         if differences:

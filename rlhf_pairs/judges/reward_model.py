@@ -67,15 +67,19 @@ class RewardModelJudge(RewardJudge):
         self.tokenizer = tokenizer
         self.encoder = ChatPromptEncoder(tokenizer, owner="the reward model's tokenizer")
         # Without a pad id of its own the model pools its last token; a borrowed one must never hide it (_pad_id_for).
-        self.borrowed_pad = model.config.pad_token_id is None
+        # The model's config is left as it is (set only for the duration of a batch): a second judge on the same model
+        # must see what the first one saw.
+        self._config_pad = model.config.get_text_config().pad_token_id
+        self.borrowed_pad = self._config_pad is None
         if self.borrowed_pad:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             if pad is None:
                 raise ValueError(
                     "the reward model has no pad_token_id and its tokenizer neither a pad nor an EOS token"
                 )
-            model.config.pad_token_id = pad
-        self.pad_token_id = model.config.pad_token_id
+            self.pad_token_id = pad
+        else:
+            self.pad_token_id = self._config_pad
         if max_length is None:
             max_length = getattr(model.config, "max_position_embeddings", None)
         if max_length is not None and max_length < 2:
@@ -150,7 +154,7 @@ class RewardModelJudge(RewardJudge):
                 logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 rewards[batch] = logits[:, 0].float().cpu()
         finally:
-            config.pad_token_id = self.pad_token_id
+            config.pad_token_id = self._config_pad
         return rewards
 
     def _pad_id_for(self, rows: list[list[int]]) -> int:
