@@ -61,13 +61,15 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         help="a rule judge with a known preference instead (concise: the shorter answer wins)",
     )
     parser.add_argument("--cache-dir", default=None, help="where the converted SmolLM2 lives (~/.cache/rlhf_pairs)")
-    parser.add_argument("--rounds", type=int, default=1, help="rounds of iterative DPO")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of iterative DPO (1; 2 with --judge-rule)")
     parser.add_argument("--prompts", type=int, default=16, help="training prompts per round")
     parser.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts for the win rate")
     parser.add_argument("--candidates", type=int, default=4, help="candidates sampled per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens per candidate")
     parser.add_argument("--steps", type=int, default=8, help="DPO optimizer steps per round")
-    parser.add_argument("--learning-rate", type=float, default=1e-5, help="DPO learning rate")
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="DPO learning rate (1e-5; 5e-5 with --judge-rule)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds generation, brackets and training")
     parser.add_argument(
         "--check-judge", action="store_true", help="first judge the bundled pairs with a known better answer"
@@ -250,6 +252,11 @@ def main(args: argparse.Namespace) -> dict:
     rule = getattr(args, "judge_rule", None)
     if rule and args.judge:
         raise ValueError("give --judge or --judge-rule, not both")
+    # A rule judge is there to show the policy moving: two rounds, a learning rate that moves it in 8 steps.
+    if args.rounds is None:
+        args.rounds = 2 if rule else 1
+    if args.learning_rate is None:
+        args.learning_rate = 5e-5 if rule else 1e-5
     judge = rule or args.judge or policy
     if args.check_judge and not rule:
         print(check_judge(judge)[0])
