@@ -1,6 +1,6 @@
 """A served judge (``rlhf-pairs serve-judge``) against in-process calls, on the same inputs in one run.
 
-    python bench/bench_remote.py --size small --requests 32 --rows 16 --clients 1 4 --out bench/results/cpu_remote.json
+    python bench/bench_remote.py --size small --requests 12 --rows 8 --words 20 --clients 1 4 --out bench/results/cpu_remote.json
 
 Builds a pair preference LM with random weights (``--size tiny``: the test model; ``small``: 8 layers x 512 hidden, as
 ``bench_judges.py``) or takes ``--judge PATH``, starts a server process on the loopback interface, and times:
@@ -77,11 +77,11 @@ def start_server(judge: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("serve-judge did not start")
 
 
-def timed_remote(url: str, requests: list, clients: int) -> tuple[float, list[list[float]]]:
+def timed_remote(url: str, requests: list, clients: int, warm_up: tuple) -> tuple[float, list[list[float]]]:
     from rlhf_pairs.judges import RemoteJudge
 
     judge = RemoteJudge(url)
-    judge.compare(*make_requests(1, 4, 10, seed=1)[0])  # warm-up, outside the timing
+    judge.compare(*warm_up)  # warm-up, outside the timing
     results: list = [None] * len(requests)
 
     def work(start: int):
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         requests = make_requests(args.requests, args.rows, args.words)
         pairs = args.requests * args.rows
         local = load_judge("pair_lm", str(judge_path), device="cpu")
-        local.compare(*make_requests(1, 4, 10, seed=1)[0])  # warm-up, outside the timing (as for the server)
+        local.compare(*make_requests(1, args.rows, args.words, seed=1)[0])  # warm-up of the same size, untimed
         begin = time.perf_counter()
         expected = [local.compare(*r) for r in requests]
         elapsed = time.perf_counter() - begin
@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
                 port = sock.getsockname()[1]
             server = start_server(judge_path, port)
             try:
-                elapsed, got = timed_remote(f"http://127.0.0.1:{port}", requests, clients)
+                elapsed, got = timed_remote(
+                    f"http://127.0.0.1:{port}", requests, clients, make_requests(1, args.rows, args.words, seed=1)[0]
+                )
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/info") as response:
                     info = json.loads(response.read())
             finally:
