@@ -393,3 +393,33 @@ def test_a_failing_judge_call_fails_only_its_own_request_and_the_worker_survives
     assert isinstance(lone[1], RuntimeError) and "SystemExit" in str(lone[1])  # the worker survived it
     assert isinstance(lone[2], RuntimeError) and "returned nan for row 0" in str(lone[2])
     assert lone[3] == [0.75]  # and still serves
+
+
+def test_one_worker_per_device_shares_the_queue():
+    """--devices cuda:0,cuda:1 loads a judge copy per device, each with a worker on one queue: concurrent requests
+    are spread over the copies (here two slow stand-ins), and every request gets its own rows' answers."""
+    import time as clock
+
+    class Slow:
+        def __init__(self, name):
+            self.name, self.rows = name, []
+
+        def compare(self, prompts, a, b):
+            clock.sleep(0.2)
+            self.rows += list(a)
+            return [0.5 + 0.01 * int(x) for x in a]
+
+    async def scenario():
+        judges = [Slow("cuda:0"), Slow("cuda:1")]
+        server = JudgeServer(judges, {"pointwise": False}, merge_requests=False)
+        await server.start()
+        started = clock.perf_counter()
+        results = await asyncio.gather(*(server.submit("compare", (["p"], [str(i)], ["b"])) for i in range(4)))
+        elapsed = clock.perf_counter() - started
+        await server.stop()
+        return judges, results, elapsed
+
+    judges, results, elapsed = asyncio.run(scenario())
+    assert results == [[0.5 + 0.01 * i] for i in range(4)]
+    assert sorted(judges[0].rows + judges[1].rows) == ["0", "1", "2", "3"] and judges[0].rows and judges[1].rows
+    assert elapsed < 0.2 * 4  # the two copies worked at the same time
