@@ -69,6 +69,8 @@ def test_the_rule_judge_demo_ranks_by_length_and_follows_the_answers_length(tmp_
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["round"] for m in metrics] == [1, 2] and all(m["rank/comparisons"] == 0 for m in metrics)
     assert "rule judge: the shorter answer wins" in printed
+    assert all(m["rank/scored"] == 3 * 3 for m in metrics)  # 3 prompts x 3 candidates, each scored once
+    assert "ranked by the judge's scores: 9 responses scored, no comparisons" in printed
     for k in (1, 2):
         for row in read_jsonl(out / f"round_{k}" / "rank" / "rankings.jsonl"):
             words = [max(len(text.split()), 1) for text in row["responses"]]

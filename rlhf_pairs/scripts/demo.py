@@ -190,10 +190,14 @@ def report(
             ]
             if reused:
                 lines.append(f"  reused from an earlier run (same settings): {', '.join(reused)}")
-        lines.append(
-            f"  generated {m.get('generate/candidates')} candidates for {prompts} prompts; knockout: {comparisons} "
-            f"comparisons ({comparisons / max(prompts, 1):.1f} per prompt, both orders each)"
-        )
+        if m.get("rank/scored"):  # a judge with per-response scores ranks by sorting, without matches
+            ranked = f"ranked by the judge's scores: {m['rank/scored']} responses scored, no comparisons"
+        else:
+            ranked = (
+                f"knockout: {comparisons} comparisons ({comparisons / max(prompts, 1):.1f} per prompt, both orders "
+                "each)"
+            )
+        lines.append(f"  generated {m.get('generate/candidates')} candidates for {prompts} prompts; {ranked}")
         dropped = {reason: m.get(f"pairs/{reason}", 0) for reason in ("identical", "below_margin", "not_ranked")}
         why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in dropped.items() if n)
         margin = m.get("rank/mean_margin")

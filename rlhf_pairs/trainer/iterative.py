@@ -284,6 +284,7 @@ class IterativeLoop:
                     "ranked": summary["ranked"],
                     "skipped": summary["skipped"],
                     "comparisons": summary["comparisons"],
+                    "scored": summary["scored"],
                     "mean_margin": sum(margins) / len(margins) if margins else None,
                 },
             )
