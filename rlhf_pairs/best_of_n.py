@@ -40,7 +40,6 @@ written. Kill points for resume tests: ``generate:shard`` (after each generation
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ from pathlib import Path
 from accelerate.logging import get_logger
 
 from rlhf_pairs.configs import BestOfNConfig, JudgeArguments, RankConfig
-from rlhf_pairs.data_utils import Prompt, describe_prompt_notes, load_rows, prepare_prompt
+from rlhf_pairs.data_utils import Prompt, describe_prompt_notes, load_prompt_rows, prepare_prompt
 from rlhf_pairs.generation import (
     GenerationSettings,
     generate_candidates,
@@ -182,31 +181,16 @@ def generation_fingerprint(config: BestOfNConfig, model_args, prompts: list) -> 
     return json.loads(json.dumps(record, default=str))
 
 
-def load_prompt_rows(config: BestOfNConfig) -> tuple[list[dict], list]:
-    """(input rows, the conversation of each row's ``prompt_column``) of ``config.dataset_name``, every prompt
-    read with :func:`~rlhf_pairs.data_utils.prepare_prompt` (each kind of change counted in a warning).
-
-    Raises ``ValueError`` naming the source (and line, for a local JSON-lines file) for an empty dataset, a missing
-    prompt column or an invalid prompt; ``FileNotFoundError`` for a local path that does not exist."""
-    source, column = config.dataset_name, config.prompt_column
-    lines: list[int] = []
-    rows = load_rows(source, config.dataset_config, config.dataset_train_split, line_numbers=lines)
-    if not rows:
-        raise ValueError(f"{source} has no rows")
-    conversations, notes = [], Counter()
-    for i, row in enumerate(rows):
-        where = f"{source}, line {lines[i]}" if lines else f"{source}, row {i}"
-        if column not in row:
-            raise ValueError(f"{where}: no {column!r} column (the row has {sorted(row)}); set `prompt_column`")
-        try:
-            conversation, _, row_notes = prepare_prompt(row[column], config.system_message, column)
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
-        conversations.append(conversation)
-        notes.update(row_notes)
+def load_prompts(config: BestOfNConfig) -> tuple[list[dict], list]:
+    """(input rows, the conversation of each row's ``prompt_column``) of ``config.dataset_name``, read with
+    :func:`~rlhf_pairs.data_utils.load_prompt_rows` (each kind of change to a prompt counted in a warning)."""
+    rows, prompts, notes = load_prompt_rows(
+        config.dataset_name, config.prompt_column, config.system_message, config.dataset_config,
+        config.dataset_train_split,
+    )  # fmt: skip
     for line in describe_prompt_notes(notes, config.system_message):
-        logger.warning("%s: %s", source, line)
-    return rows, conversations
+        logger.warning("%s: %s", config.dataset_name, line)
+    return rows, prompts
 
 
 def run_best_of_n(config: BestOfNConfig, judge_args: JudgeArguments, model_args) -> dict:
@@ -228,7 +212,7 @@ def run_best_of_n(config: BestOfNConfig, judge_args: JudgeArguments, model_args)
         raise ValueError("`model_name_or_path` (the policy to sample from) is required")
     state = process_state()
     with stop_on_signals():  # Ctrl-C and SIGTERM stop the run for sure; finished shards stay
-        rows, prompts = load_prompt_rows(config)  # a bad input fails here, before the output is touched
+        rows, prompts = load_prompts(config)  # a bad input fails here, before the output is touched
         with main_process_lock(config.output, state):  # one run per output
             return _run_locked(config, judge_args, model_args, state, rows, prompts)
 

@@ -370,6 +370,32 @@ def load_rows(
     return load_split(name, config, split).to_list()
 
 
+def load_prompt_rows(
+    source: str, column: str, system_message: str = "merge", config: str | None = None, split: str = "train"
+) -> tuple[list[dict], list, Counter]:
+    """(rows of ``source``, the conversation of each row's ``column``, the counts of :data:`PROMPT_NOTES`), every
+    prompt read with :func:`prepare_prompt` (the ``iterate`` and ``best-of-n`` jobs' prompts).
+
+    Raises ``ValueError`` naming the source (and line, for a local JSON-lines file) for an empty dataset, a missing
+    prompt column or an invalid prompt; ``FileNotFoundError`` for a local path that does not exist."""
+    lines: list[int] = []
+    rows = load_rows(source, config, split, line_numbers=lines)
+    if not rows:
+        raise ValueError(f"{source} has no rows")
+    conversations, notes = [], Counter()
+    for i, row in enumerate(rows):
+        where = f"{source}, line {lines[i]}" if lines else f"{source}, row {i}"
+        if column not in row:
+            raise ValueError(f"{where}: no {column!r} column (the row has {sorted(row)}); set `prompt_column`")
+        try:
+            conversation, _, row_notes = prepare_prompt(row[column], system_message, column)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        conversations.append(conversation)
+        notes.update(row_notes)
+    return rows, conversations, notes
+
+
 def _read_json_rows(path: Path, line_numbers: list[int] | None) -> list[dict] | None:
     """The rows of a ``.json`` file holding an LMFlow object or JSON lines; ``None`` for other JSON."""
     from rlhf_pairs.utils.io import read_jsonl

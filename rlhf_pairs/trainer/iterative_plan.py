@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 from enum import Enum
 from pathlib import Path
 
 from accelerate.logging import get_logger
 
 from rlhf_pairs.configs import IterateConfig, JudgeArguments
-from rlhf_pairs.data_utils import describe_prompt_notes, load_rows, prepare_prompt
+from rlhf_pairs.data_utils import describe_prompt_notes, load_prompt_rows
 from rlhf_pairs.trainer.stages import Stage
 from rlhf_pairs.utils.hashing import sha256_json
 
@@ -87,22 +86,7 @@ def load_prompts(config: IterateConfig) -> tuple[list[list], list]:
 
 
 def _prompts(config: IterateConfig, source: str, split: str) -> list:
-    lines: list[int] = []
-    rows = load_rows(source, split=split, line_numbers=lines)
-    if not rows:
-        raise ValueError(f"{source} has no rows")
-    column = config.prompt_column
-    prompts, notes = [], Counter()
-    for i, row in enumerate(rows):
-        where = f"{source}, line {lines[i]}" if lines else f"{source}, row {i}"
-        if column not in row:
-            raise ValueError(f"{where}: no {column!r} column (the row has {sorted(row)}); set `prompt_column`")
-        try:
-            conversation, _, row_notes = prepare_prompt(row[column], config.system_message, column)
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
-        prompts.append(conversation)
-        notes.update(row_notes)
+    _, prompts, notes = load_prompt_rows(source, config.prompt_column, config.system_message, split=split)
     for line in describe_prompt_notes(notes, config.system_message):
         logger.warning("%s: %s", source, line)
     return prompts
