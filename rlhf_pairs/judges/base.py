@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from rlhf_pairs.data_utils import Prompt, prompt_key, validate_prompt
 from rlhf_pairs.ranking import check_scores
+from rlhf_pairs.tokenization import resolve_device_and_dtype
 
 
 def check_pair_inputs(prompts: Sequence, responses_a: Sequence, responses_b: Sequence) -> None:
@@ -55,6 +56,37 @@ def progress_bar(batches: list, show: bool | None, desc: str):
     if show is None:
         show = len(batches) >= 8 and is_main_process()
     return tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False)
+
+
+def load_model_and_tokenizer(
+    auto_class,
+    name_or_path: str,
+    *,
+    device,
+    dtype,
+    attn_implementation: str | None,
+    tokenizer_name_or_path: str | None,
+    revision: str | None,
+    trust_remote_code: bool,
+):
+    """(model, tokenizer) of a judge checkpoint: ``auto_class.from_pretrained`` (e.g. ``AutoModelForCausalLM``) on
+    ``device`` in ``dtype`` (``"auto"``: bf16 on CUDA, fp32 elsewhere, see
+    :func:`~rlhf_pairs.tokenization.resolve_device_and_dtype`), and the tokenizer of ``tokenizer_name_or_path`` or
+    the checkpoint."""
+    from transformers import AutoTokenizer
+
+    device, dtype = resolve_device_and_dtype(device, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_name_or_path or name_or_path, revision=revision, trust_remote_code=trust_remote_code
+    )
+    model = auto_class.from_pretrained(
+        name_or_path,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    ).to(device)
+    return model, tokenizer
 
 
 def _score_both_orders(

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 
 from rlhf_pairs.data_utils import Prompt, as_messages, prompt_key
-from rlhf_pairs.judges.base import PairwiseJudge, progress_bar
-from rlhf_pairs.tokenization import SafeEncoder, batches_by_tokens, pad_batch, resolve_device_and_dtype
+from rlhf_pairs.judges.base import PairwiseJudge, load_model_and_tokenizer, progress_bar
+from rlhf_pairs.tokenization import SafeEncoder, batches_by_tokens, pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -199,19 +199,12 @@ class PairPreferenceJudge(PairwiseJudge):
         ("sdpa" by default, "flash_attention_2" where flash-attn is installed). Other keyword arguments go to
         the constructor (``temperature``, ``max_length``, ``batch_tokens``, ...).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        device, dtype = resolve_device_and_dtype(device, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(
-            tokenizer_name_or_path or name_or_path, revision=revision, trust_remote_code=trust_remote_code
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-        ).to(device)
+        model, tokenizer = load_model_and_tokenizer(
+            AutoModelForCausalLM, name_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation,
+            tokenizer_name_or_path=tokenizer_name_or_path, revision=revision, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
         return cls(model, tokenizer, **judge_kwargs)
 
     @property

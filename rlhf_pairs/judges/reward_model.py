@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import torch
 
 from rlhf_pairs.data_utils import Prompt, as_messages
-from rlhf_pairs.judges.base import RewardJudge, progress_bar
-from rlhf_pairs.tokenization import ChatPromptEncoder, batches_by_tokens, pad_batch, resolve_device_and_dtype
+from rlhf_pairs.judges.base import RewardJudge, load_model_and_tokenizer, progress_bar
+from rlhf_pairs.tokenization import ChatPromptEncoder, batches_by_tokens, pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -106,19 +106,12 @@ class RewardModelJudge(RewardJudge):
         """Load a reward model from the Hub or a local directory with ``AutoModelForSequenceClassification``.
 
         ``dtype="auto"`` is bf16 on CUDA and fp32 on CPU; other keyword arguments go to the constructor."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        device, dtype = resolve_device_and_dtype(device, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(
-            tokenizer_name_or_path or name_or_path, revision=revision, trust_remote_code=trust_remote_code
-        )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-        ).to(device)
+        model, tokenizer = load_model_and_tokenizer(
+            AutoModelForSequenceClassification, name_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation,
+            tokenizer_name_or_path=tokenizer_name_or_path, revision=revision, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
         return cls(model, tokenizer, **judge_kwargs)
 
     @property
