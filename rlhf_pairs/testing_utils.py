@@ -97,13 +97,12 @@ def train_tiny_unigram_tokenizer(vocab_size: int = 300, prefix_tokens: bool = Tr
     )
 
 
-def build_tiny_pair_lm(path: str | Path, seed: int = 0, initializer_range: float = 0.3, num_layers: int = 2) -> Path:
-    """Save a tiny random Llama pair preference LM with a Llama-3-style tokenizer to ``path``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(tokenizer, num_layers: int = 2, initializer_range: float = 0.3, **extra):
+    """The tiny Llama of the test models (2 layers of 32 hidden by default), sized to ``tokenizer``; ``extra`` config
+    fields on top (a head's ``num_labels``, ``tie_word_embeddings``, ...)."""
+    from transformers import LlamaConfig
 
-    path = Path(path)
-    tokenizer = train_tiny_bpe_tokenizer()
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -114,8 +113,17 @@ def build_tiny_pair_lm(path: str | Path, seed: int = 0, initializer_range: float
         initializer_range=initializer_range,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        **extra,
     )
+
+
+def build_tiny_pair_lm(path: str | Path, seed: int = 0, initializer_range: float = 0.3, num_layers: int = 2) -> Path:
+    """Save a tiny random Llama pair preference LM with a Llama-3-style tokenizer to ``path``."""
+    from transformers import LlamaForCausalLM
+
+    path = Path(path)
+    tokenizer = train_tiny_bpe_tokenizer()
+    config = tiny_llama_config(tokenizer, num_layers, initializer_range, tie_word_embeddings=False)
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -169,25 +177,14 @@ def build_tiny_reward_model(
     Llama-3-style tokenizer and chat template to ``path``, in the layout of ``sfairXC/FsfairX-LLaMA3-RM-v0.1`` /
     ``Skywork/Skywork-Reward-Llama-3.1-8B``. ``pad_token``: give it a pad token distinct from EOS (Llama-3.1 RMs
     pad with a reserved token); without one the judge falls back to EOS, as RewardBench does."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     path = Path(path)
     tokenizer = train_tiny_bpe_tokenizer()
     if pad_token:
         tokenizer.pad_token = "<|end_of_text|>"
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=initializer_range,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        num_labels=1,
+    config = tiny_llama_config(
+        tokenizer, num_layers, initializer_range, pad_token_id=tokenizer.pad_token_id, num_labels=1
     )
     torch.manual_seed(seed)
     LlamaForSequenceClassification(config).save_pretrained(path)
