@@ -48,10 +48,26 @@ def test_demo_runs_a_round_of_iterative_dpo(tiny_pair_lm_path, tmp_path, capsys)
     if metrics["pairs/identical"]:
         assert f"(dropped: {metrics['pairs/identical']} identical)" in printed
     assert "example pairs" in printed and "files:" in printed and "reused from an earlier run" not in printed
+    # The trained policy's weights are removed after the report (disk), the rest of the stage stays.
+    train = out / "round_1" / "train"
+    assert not list(train.glob("*.safetensors")) and (train / "WEIGHTS_REMOVED").exists()
+    assert (train / "log_history.json").exists() and "removed the trained policies' weights (" in printed
+    losses = [h["loss"] for h in json.loads((train / "log_history.json").read_text()) if "loss" in h]
     # Re-running reuses every finished stage, and the report says so.
     assert cli(argv) == 0
     assert read_jsonl(out / "metrics.jsonl") == [metrics]
-    assert "reused from an earlier run (same settings): eval, generate, pairs, rank, train" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "reused from an earlier run (same settings): eval, generate, pairs, rank, train" in printed
+    assert "training it again" not in printed
+    # A second round needs round 1's policy: that stage alone is trained again (same seed, same losses), the rest of
+    # round 1 is reused; --keep-policy keeps the weights.
+    assert cli([*argv, "--rounds", "2", "--keep-policy"]) == 0
+    printed = capsys.readouterr().out
+    assert "round_1/train: its weights were removed after an earlier run and are needed again" in printed
+    assert "reused from an earlier run (same settings): eval, generate, pairs, rank\n" in printed
+    assert [h["loss"] for h in json.loads((train / "log_history.json").read_text()) if "loss" in h] == losses
+    assert list(train.glob("*.safetensors")) and list((out / "round_2" / "train").glob("*.safetensors"))
+    assert not (train / "WEIGHTS_REMOVED").exists() and "removed the trained" not in printed
 
 
 def test_the_rule_judge_demo_ranks_by_length_and_follows_the_answers_length(tmp_path, capsys):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import textwrap
 import time
 from importlib import resources
@@ -74,7 +75,49 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     parser.add_argument(
         "--check-judge", action="store_true", help="first judge the bundled pairs with a known better answer"
     )
+    parser.add_argument(
+        "--keep-policy",
+        action="store_true",
+        help="keep the trained policies' weights (about 540 MB a round) instead of removing them after the report",
+    )
     return parser
+
+
+WEIGHTS_REMOVED = "WEIGHTS_REMOVED"
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def remove_policy_weights(root: Path) -> int:
+    """Delete the weight files of every finished round's trained policy under ``root`` (the metrics, logs, pairs
+    and completions stay) and mark each stage with ``WEIGHTS_REMOVED``; returns the bytes freed."""
+    freed = 0
+    for train in sorted(root.glob("round_*/train")):
+        if not (train / "DONE").exists():
+            continue
+        for pattern in _WEIGHT_PATTERNS:
+            for path in train.glob(pattern):
+                freed += path.stat().st_size
+                path.unlink()
+        (train / WEIGHTS_REMOVED).write_text(
+            "rlhf-pairs demo removed this policy's weights; --keep-policy keeps them\n"
+        )
+    return freed
+
+
+def restore_needed_policies(root: Path, rounds: int, keep_policy: bool) -> list[str]:
+    """Before a re-run: drop the finished train stages whose weights the demo removed but the run still needs (the
+    next round's generator and reference, or every one with ``--keep-policy``), so the loop trains them again
+    (same settings and seed: the same policy). Later stages stay reused. Returns the stages dropped."""
+    dropped = []
+    for k in range(1, rounds + 1):
+        train = root / f"round_{k}" / "train"
+        if not (train / WEIGHTS_REMOVED).exists():
+            continue
+        next_round_unfinished = k < rounds and not (root / f"round_{k + 1}" / "eval" / "DONE").exists()
+        if keep_policy or next_round_unfinished:
+            shutil.rmtree(train)
+            dropped.append(f"round_{k}/train")
+    return dropped
 
 
 def check_judge(judge_path: str) -> tuple[str, bool]:
@@ -269,13 +312,23 @@ def main(args: argparse.Namespace) -> dict:
     from rlhf_pairs.scripts import iterate, parse
     from rlhf_pairs.trainer.iterative import run_loop
 
+    root, keep = Path(args.output_dir), getattr(args, "keep_policy", False)
+    for label in restore_needed_policies(root, args.rounds, keep):
+        print(f"{label}: its weights were removed after an earlier run and are needed again: training it again")
     loop, metrics = run_loop(*parse(iterate, iterate_arguments(args, policy, judge)))
 
     # ---- report ----
     seconds = time.perf_counter() - start
     if loop.state.is_main_process:
         note = RULE_JUDGES[rule][1] if rule else "zero-shot pair preference LM, both orders"
-        print(report(Path(args.output_dir), metrics, policy, judge, seconds, started, judge_note=note))
+        print(report(root, metrics, policy, judge, seconds, started, judge_note=note))
+        if not keep:
+            freed = remove_policy_weights(root)
+            if freed:
+                print(
+                    f"removed the trained policies' weights ({freed / 2**20:.0f} MB) to save disk; "
+                    "--keep-policy keeps them"
+                )
     return {"metrics": metrics, "seconds": seconds, "output_dir": args.output_dir}
 
 
