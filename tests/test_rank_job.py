@@ -178,6 +178,21 @@ def test_bad_jsonl_is_named_by_file_and_line(tiny_pair_lm_path, tmp_path):
     assert read_jsonl(out)[0]["chosen"] in ("a", "b")
 
 
+def test_text_with_unicode_line_separators_is_ranked_and_read_back(tiny_pair_lm_path, tmp_path):
+    """U+2028, U+2029 and U+0085 are ordinary characters inside a JSON string (our writer leaves them raw): a row
+    holding them is one row, in the input, in the shards and in the output."""
+    from rlhf_pairs.utils.io import write_jsonl_atomic
+
+    responses = ["one\u2028two", "three\u2029four", "five\x85six"]
+    data, out = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
+    write_jsonl_atomic(data, [{"prompt": "p\u2028q", "responses": responses}, {"prompt": "r", "responses": ["a", "b"]}])
+    assert "\u2028" in data.read_text(encoding="utf-8")  # written raw, not escaped
+    assert [r["prompt"] for r in read_jsonl(data)] == ["p\u2028q", "r"]
+    cli(rank_args(data, out, tiny_pair_lm_path))
+    first, second = read_jsonl(out)
+    assert first["responses"] == responses and first["chosen"] in responses and second["prompt"] == "r"
+
+
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(candidates_file, tiny_pair_lm_path, tmp_path):
     """The lock names the holder; it dies with its process, so a killed run's lock is taken over without clean-up."""
     from rlhf_pairs.utils.locking import OutputLocked, output_lock

@@ -71,7 +71,9 @@ def read_jsonl(path: str | Path, line_numbers: list[int] | None = None) -> list[
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise JsonlError(f"{path}, line {line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which JSON strings may hold
+    # raw (our own writer leaves them so), and would cut such a row in two.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
