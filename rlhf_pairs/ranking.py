@@ -4,7 +4,8 @@ The judge is used only through ``judge.compare(prompts, responses_a, responses_b
 orders judged), so any object with that method works. Every prompt's tournament advances one round at a time and
 all matches of a round, across all prompts, go to the judge as one batched ``compare`` call.
 
-Knockout (``method="knockout"``), for n candidates:
+Knockout (``method="knockout"``) is played over the distinct candidate texts (a repeated text is one entrant, at
+its first index), for n of them:
 
 - The bracket is a shuffle of the candidate indices by a ``random.Random`` seeded from a SHA-256 of
   (seed, prompt, n), so a prompt's bracket, and therefore its result, depends only on its own inputs and the seed:
@@ -21,13 +22,17 @@ Knockout (``method="knockout"``), for n candidates:
 - Matches: n - 1 for the best, plus one fewer than the losers' pool for the worst: ceil(n/2) - 1, or
   floor(n/2) - 1 when n is odd and the bye holder is the best. In total at most n - 1 + ceil(n/2) - 1 =
   ceil(3n/2) - 2, the known minimum for finding both extremes.
+- Mapped back to the candidate list, ``best`` is the best text's lowest index and ``worst`` the worst text's highest
+  index (as round robin breaks its ties); so the best and worst *texts* differ whenever there are two distinct
+  texts, and n copies of one text give best = 0, worst = n - 1 with no match.
 - Both brackets run side by side in the same calls: ceil(log2 n) rounds, plus at most one more when the bye holder
   loses late in the winners' bracket (its losers' match is played in the next round), hence at most
   ceil(log2 n) + 1 ``compare`` calls for the largest n, whatever the number of prompts.
 
 Round robin (``method="round_robin"``): all n(n-1)/2 pairs in one call; ``scores[i]`` is the mean over j != i of
 P(i beats j); ``best`` is the argmax (ties: lowest index), ``worst`` the argmin (ties: highest index, so best and
-worst differ even when every score ties). The exact reference, for small n.
+worst differ even when every score ties; then the worst is the highest index holding a text other than the
+best's, since duplicates score alike). The exact reference, for small n.
 
 Pointwise judges (a judge with ``score_responses(prompts, responses) -> list[float]``, e.g. a reward model,
 :class:`~rlhf_pairs.judges.base.RewardJudge`): ranking is by score, not by matches: every distinct candidate text is
@@ -94,7 +99,8 @@ class RankingResult:
         scores: round robin: per candidate, the mean P(it beats another candidate); a pointwise judge: its score
             of each candidate; ``None`` for knockout.
         num_comparisons: matches played for this prompt (one match = one ``compare`` row, both orders judged),
-            cache hits and identical-text ties included; 0 with a pointwise judge.
+            cache hits included (knockout plays distinct texts only; round robin counts identical-text ties too);
+            0 with a pointwise judge.
         skipped: why the prompt was not ranked (``"fewer than 2 candidates"``), else ``None``. A prompt with one
             candidate gets best = 0 (and worst = 0 when asked for), with none best = worst = ``None``.
         margin: P(best beats worst) when those two met in a match (always for round robin, for n = 2 and with a
@@ -200,8 +206,10 @@ def rank_candidates_with_stats(
     keys = [prompt_key(prompt) for prompt in prompts]
     if pointwise:
         return _rank_by_scores(judge, prompts, candidates, keys, find_worst, stats), stats
-    # Per active prompt: its tournament, the matches of its current round, and every match played so far.
+    # Per active prompt: its tournament, the matches of its current round, and every match played so far. Match
+    # indices are into `entrants[i]`: the candidates themselves (round robin), or one per distinct text (knockout).
     active: dict[int, tuple[Tournament, list[Match], dict[Match, float]]] = {}
+    entrants: dict[int, list[int]] = {}
     for i, texts in enumerate(candidates):
         n = len(texts)
         if n < 2:
@@ -209,17 +217,28 @@ def rank_candidates_with_stats(
             results[i] = RankingResult(only, only if find_worst else None, None, 0, skipped=SKIPPED_TOO_FEW)
             continue
         if method == "knockout":
-            tournament = _knockout(bracket_order(prompts[i], n, seed), find_worst)
+            entrants[i] = list({text: j for j, text in reversed(list(enumerate(texts)))}.values())[::-1]
+            m = len(entrants[i])
+            if m == 1:  # n copies of one text: nothing to judge, they tie
+                results[i] = RankingResult(
+                    0, n - 1 if find_worst else None, None, 0, margin=0.5 if find_worst else None
+                )
+                continue
+            tournament = _knockout(bracket_order(prompts[i], m, seed), find_worst)
         else:
+            entrants[i] = list(range(n))
             tournament = _round_robin(n)
         active[i] = (tournament, next(tournament), {})
+
+    def texts_of(i: int, match: Match) -> tuple[str, str]:
+        return candidates[i][entrants[i][match[0]]], candidates[i][entrants[i][match[1]]]
 
     cache: dict[tuple, float] = {}  # (prompt key, lower text, higher text) -> P(lower text beats higher text)
     while active:
         todo: dict[tuple, int] = {}  # rows to judge this round -> the prompt asking first
         for i, (_, matches, _) in active.items():
-            for a, b in matches:
-                key = _pair_key(keys[i], candidates[i][a], candidates[i][b])
+            for match in matches:
+                key = _pair_key(keys[i], *texts_of(i, match))
                 if key is not None and key not in cache and key not in todo:
                     todo[key] = i
         if todo:
@@ -233,13 +252,23 @@ def rank_candidates_with_stats(
 
         for i in list(active):
             tournament, matches, played = active[i]
-            probs = [_probability(cache, keys[i], candidates[i][a], candidates[i][b]) for a, b in matches]
+            probs = [_probability(cache, keys[i], *texts_of(i, match)) for match in matches]
             played.update(zip(matches, probs))
             try:
                 active[i] = (tournament, tournament.send(probs), played)
             except StopIteration as done:
                 best, worst, scores = done.value
-                results[i] = RankingResult(best, worst, scores, len(played), margin=_margin(played, best, worst))
+                margin = _margin(played, best, worst)
+                texts = candidates[i]
+                best = entrants[i][best]  # a distinct text's first index (ties go to the lowest index)
+                if worst is not None:
+                    worst = entrants[i][worst]
+                    if texts[worst] == texts[best]:
+                        # Round robin, every score tied (duplicates score alike): the highest index of another text.
+                        worst = max((j for j, text in enumerate(texts) if text != texts[best]), default=worst)
+                    else:
+                        worst = max(j for j, text in enumerate(texts) if text == texts[worst])  # its highest index
+                results[i] = RankingResult(best, worst, scores, len(played), margin=margin)
                 stats.matches += len(played)
                 del active[i]
     return results, stats

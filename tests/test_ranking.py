@@ -314,10 +314,15 @@ def test_duplicate_texts_are_judged_once_and_tie_by_index():
     for seed in range(10):
         results = rank_candidates(judge, ["p", "p"], [texts, texts], seed=seed)  # the same prompt twice
         assert results[0] == results[1]
-        # Ties among equal texts: the lowest-index "x" wins, the highest-index "y" is the worst.
+        # The knockout runs over the distinct texts (here one match, x against y); the best text's lowest index
+        # is the best, the worst text's highest index the worst.
         assert (results[0].best, results[0].worst) == (1, 6)
-        assert results[0].num_comparisons == 7 + 3
+        assert results[0].num_comparisons == 1 and results[0].margin == pytest.approx(sigmoid(1.0))
     assert len(judge.rows) == 10  # per call (the cache lives for one call), only the (x, y) pair is judged
+    # n copies of one text: nothing to judge.
+    (result,) = rank_candidates(judge, ["p"], [["z", "z", "z"]])
+    assert (result.best, result.worst, result.num_comparisons, result.margin) == (0, 2, 0, 0.5)
+    assert len(judge.rows) == 10
 
 
 def test_reversed_pair_is_derived_not_rejudged():
@@ -496,6 +501,37 @@ def test_knockout_best_and_worst_differ_with_a_cyclic_judge():
                 assert sorted(order) == list(range(n))
             assert stats.compare_calls <= math.ceil(math.log2(13)) + 1
     assert cyclic_prompts > 100  # the check has teeth: most of these prompts hold preference cycles
+
+
+@pytest.mark.parametrize("method", ["knockout", "round_robin"])
+def test_best_and_worst_texts_differ_with_duplicates_and_a_cyclic_judge(method):
+    """Sampled candidates repeat. The knockout is played over the distinct texts (a duplicate is never judged
+    twice), so the best and worst *texts* differ whenever two distinct texts exist, also under preference cycles;
+    round robin gives duplicates equal scores, and when every score ties the worst is another text."""
+    judge, checked = CyclicJudge(7), 0
+    rng = random.Random(0)
+    prompts, candidates = [], []
+    for n in range(2, 12):
+        for t in range(40):
+            pool = [f"r{k}" for k in range(rng.randint(1, n))]
+            prompts.append(f"n={n} t={t}")
+            candidates.append([rng.choice(pool) for _ in range(n)])
+    for seed in range(3):
+        results = rank_candidates(judge, prompts, candidates, method=method, seed=seed)
+        for texts, result in zip(candidates, results):
+            distinct = sorted(set(texts))
+            if len(distinct) > 1:
+                checked += 1
+                assert texts[result.best] != texts[result.worst], (texts, result)
+                if method == "knockout":
+                    m = len(distinct)
+                    assert result.num_comparisons <= m - 1 + math.ceil(m / 2) - 1
+            assert result.best == texts.index(texts[result.best])  # a text's lowest index
+            assert result.worst == len(texts) - 1 - texts[::-1].index(texts[result.worst])  # its highest
+    assert checked > 800
+    # Round robin, every score tied: the worst is the highest index of a text other than the best's.
+    (result,) = rank_candidates(TieJudge(), ["p"], [["x", "y", "x"]], method="round_robin")
+    assert (result.best, result.worst) == (0, 1)
 
 
 def test_knockout_late_entrant_plays_one_more_round_at_most():
