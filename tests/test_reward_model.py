@@ -540,6 +540,18 @@ class TRLLengthJudge:
         return [0 if len(a) >= len(b) else 1 for a, b in completions]
 
 
+class TRLNoArgJudge:
+    """As most code written for TRL's BasePairwiseJudge: only judge(), no constructor argument."""
+
+    def judge(self, prompts, completions, shuffle_order=True):
+        return [0 if len(a) >= len(b) else 1 for a, b in completions]
+
+
+class TRLTwoArgJudge(TRLNoArgJudge):
+    def __init__(self, model_name, api_key):
+        pass
+
+
 class AbstractJudge(PairwiseJudge):
     @classmethod
     def from_pretrained(cls, name_or_path, **kwargs):
@@ -607,6 +619,20 @@ def test_a_trl_style_judge_class_by_import_path(judge_module):
     refused = r"TRLLengthJudge is a TRL-style judge built as TRLLengthJudge\(judge\); it takes no judge options"
     with pytest.raises(ValueError, match=refused + ", got temperature"):
         load_judge(f"{judge_module}:TRLLengthJudge", "some/model", temperature=2.0)
+    with pytest.raises(ValueError, match=r"built as TRLTwoArgJudge\('some/model'\) or TRLTwoArgJudge\(\), which"):
+        load_judge(f"{judge_module}:TRLTwoArgJudge", "some/model")
+
+
+def test_a_trl_judge_with_no_constructor_argument_ranks_in_the_rank_job(judge_module, tmp_path):
+    """A BasePairwiseJudge-style class with only judge() (no __init__ argument) is built as Class()."""
+    data = tmp_path / "candidates.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "responses": ["ab", "abcd", "a", "abc"]}) + "\n")
+    run(rank, [
+        "--dataset_name", str(data), "--output", str(tmp_path / "ranked.jsonl"), "--judge", "unused",
+        "--judge_type", f"{judge_module}:TRLNoArgJudge",
+    ])  # fmt: skip
+    (row,) = read_jsonl(tmp_path / "ranked.jsonl")
+    assert (row["best"], row["worst"], row["chosen"], row["rejected"]) == (1, 2, "abcd", "a")
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@
 - a :class:`~rlhf_pairs.judges.base.PairwiseJudge` subclass (or any class with ``compare`` and a
   ``from_pretrained``): built as ``Class.from_pretrained(judge, device=..., **options)``;
 - a judge written for TRL's former API (a class with ``judge(prompts, completions, shuffle_order)`` and no
-  ``from_pretrained``, e.g. TRL 0.19's ``HfPairwiseJudge``): built as ``Class(judge)`` and wrapped in
+  ``from_pretrained``, e.g. TRL 0.19's ``HfPairwiseJudge``): built as ``Class(judge)``, or ``Class()`` when its
+  constructor takes no argument (a ``BasePairwiseJudge`` subclass with only ``judge()``), and wrapped in
   :class:`~rlhf_pairs.judges.trl_adapter.TRLJudgeAdapter`.
 
 ``options`` are the judge settings the user changed from their defaults (``dtype``, ``attn_implementation``,
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 
 from rlhf_pairs.judges.base import PairwiseJudge
+
+logger = logging.getLogger(__name__)
 
 JUDGE_TYPES = ("pair_lm", "pairrm", "reward_model", "remote")
 
@@ -173,11 +177,19 @@ def _load_by_import_path(spec: str, name_or_path: str, device, options: dict):
             f"judge_type {spec!r}: {cls.__name__} is a TRL-style judge built as {cls.__name__}(judge); it takes no "
             f"judge options, got {', '.join(options)}"
         )
+    signature = inspect.signature(cls)
     try:
-        inspect.signature(cls).bind(name_or_path)
+        signature.bind(name_or_path)
     except TypeError as err:
-        raise ValueError(
-            f"judge_type {spec!r}: a TRL-style judge is built as {cls.__name__}({name_or_path!r}), which its "
-            f"constructor refuses ({err})"
-        ) from None
+        try:  # TRL's judges were mostly built with no argument (`PairRMJudge()`, a `BasePairwiseJudge` subclass)
+            signature.bind()
+        except TypeError:
+            raise ValueError(
+                f"judge_type {spec!r}: a TRL-style judge is built as {cls.__name__}({name_or_path!r}) or "
+                f"{cls.__name__}(), which its constructor refuses ({err})"
+            ) from None
+        if name_or_path:
+            logger.info("%s takes no constructor argument: built as %s(), judge=%r not passed", spec, cls.__name__,
+                        name_or_path)  # fmt: skip
+        return as_judge(cls())
     return as_judge(cls(name_or_path))
