@@ -233,19 +233,17 @@ def _deliver(jobs: list[_Job], results: list[float]) -> None:
 def _call(judge, kind: str, columns: tuple[list, ...]) -> list[float]:
     """The judge's values for ``columns``, as finite floats. Raises ``RuntimeError`` for a value that is not one
     (JSON has no NaN) or for a ``StopIteration`` from the judge (asyncio cannot carry it out of a thread)."""
-    import math
+    from rlhf_pairs.ranking import check_probabilities, check_scores
 
     try:
         values = judge.compare(*columns) if kind == "compare" else judge.score_responses(*columns)
     except StopIteration as err:
         raise RuntimeError(f"the judge raised StopIteration: {err!r}") from None
-    out = [float(v) for v in values]
-    for row, value in enumerate(out):
-        if not math.isfinite(value):
-            raise RuntimeError(
-                f"{type(judge).__name__}.{kind} returned {value} for row {row}; expected a finite number"
-            )
-    return out
+    check = check_probabilities if kind == "compare" else check_scores
+    try:  # the judge's own checks: a probability in [0, 1] (a finite score), no string, one per row
+        return check(judge, values, len(columns[0]))
+    except ValueError as err:  # the judge is broken, not the request
+        raise RuntimeError(str(err)) from None
 
 
 def create_app(server: JudgeServer):

@@ -53,11 +53,15 @@ def win_rate(judge, prompts: Sequence[Prompt], completions: Sequence[str], refer
     """Judge ``completions[i]`` against ``references[i]`` for ``prompts[i]`` in one ``judge.compare`` call.
 
     ``judge`` is anything with ``compare(prompts, responses_a, responses_b) -> list[float]``.
-    Raises ``ValueError`` when the inputs are empty or (from the judge) their lengths differ.
+    Raises ``ValueError`` when the inputs are empty, (from the judge) their lengths differ, or the judge returns
+    anything but one probability in [0, 1] per prompt.
     """
+    from rlhf_pairs.ranking import check_probabilities
+
     if not prompts:
         raise ValueError("`prompts` is empty: a win rate needs at least one prompt")
-    return win_rate_from_probabilities(judge.compare(list(prompts), list(completions), list(references)))
+    probabilities = judge.compare(list(prompts), list(completions), list(references))
+    return win_rate_from_probabilities(check_probabilities(judge, probabilities, len(prompts)))
 
 
 def win_rate_from_probabilities(probabilities: Sequence[float]) -> WinRate:

@@ -417,6 +417,13 @@ def test_bad_judge_output_is_reported():
 
     (ok,) = rank_candidates(ConstantJudge(np.float32(0.75)), ["p"], [["x", "y"]])
     assert (ok.best, ok.worst, ok.margin) == (0, 1, 0.75)
+    # The win rate (WinRateCallback, iterate's eval stage) checks the judge's output the same way.
+    from rlhf_pairs.win_rate import win_rate
+
+    for bad, message in ((float("nan"), "nan"), ("0.7", r"'0.7' \(str\)")):
+        with pytest.raises(ValueError, match=f"ConstantJudge.compare` returned {message} for row 0"):
+            win_rate(ConstantJudge(bad), ["p"], ["x"], ["y"])
+    assert win_rate(ConstantJudge(0.75), ["p", "q"], ["x", "x"], ["y", "y"]).win_rate == 1.0
 
 
 def test_pair_outcome_is_the_one_tie_rule():

@@ -365,7 +365,7 @@ def test_a_failing_judge_call_fails_only_its_own_request_and_the_worker_survives
                 raise StopIteration
             if "exit" in a:
                 raise SystemExit(3)
-            return [float("nan") if x == "nan" else 0.75 for x in a]
+            return [float("nan") if x == "nan" else "0.7" if x == "str" else 0.75 for x in a]
 
     async def scenario():
         judge = Fragile()
@@ -376,7 +376,7 @@ def test_a_failing_judge_call_fails_only_its_own_request_and_the_worker_survives
             return_exceptions=True,
         )
         lone = []
-        for text in ("stop", "exit", "nan", "after"):
+        for text in ("stop", "exit", "nan", "str", "after"):
             try:
                 lone.append(await asyncio.wait_for(server.submit("compare", (["p"], [text], ["b"])), timeout=30))
             except Exception as err:  # noqa: BLE001
@@ -391,8 +391,9 @@ def test_a_failing_judge_call_fails_only_its_own_request_and_the_worker_survives
     assert isinstance(merged[1], ValueError) and "holds 'bad'" in str(merged[1])
     assert isinstance(lone[0], RuntimeError) and "StopIteration" in str(lone[0])  # no hang
     assert isinstance(lone[1], RuntimeError) and "SystemExit" in str(lone[1])  # the worker survived it
-    assert isinstance(lone[2], RuntimeError) and "returned nan for row 0" in str(lone[2])
-    assert lone[3] == [0.75]  # and still serves
+    assert isinstance(lone[2], RuntimeError) and "`Fragile.compare` returned nan for row 0" in str(lone[2])
+    assert isinstance(lone[3], RuntimeError) and "returned '0.7' (str) for row 0" in str(lone[3])  # as locally
+    assert lone[4] == [0.75]  # and still serves
 
 
 def test_one_worker_per_device_shares_the_queue():

@@ -325,6 +325,7 @@ class IterativeLoop:
 
     # ---- stage 5: eval ----
     def _eval(self, stage: Stage) -> None:
+        from rlhf_pairs.ranking import check_probabilities
         from rlhf_pairs.win_rate import win_rate_from_probabilities
 
         cfg, k = self.config, stage.round_index
@@ -339,7 +340,7 @@ class IterativeLoop:
         new, previous = [r[0] for r in new], [r[0] for r in previous]
         judge = self.judge_args.load(self.state.device)
         judge_prompts = [judge_prompt(p, cfg.system_message) for p in self.eval_prompts]
-        probabilities = judge.compare(judge_prompts, new, previous)
+        probabilities = check_probabilities(judge, judge.compare(judge_prompts, new, previous), len(new))
         result = win_rate_from_probabilities(probabilities)
         del judge
         staging = stage.staging_dir()
