@@ -223,8 +223,8 @@ class RankConfig:
 class EvalConfig:
     """The ``eval`` job (parsed with :class:`JudgeArguments`).
 
-    Data: ``dataset_name``, ``dataset_config``, ``dataset_test_split``, ``max_examples``. Scoring: ``ties``.
-    Output: ``output_dir``, ``overwrite``. Execution: ``shard_size``.
+    Data: ``dataset_name``, ``dataset_config``, ``dataset_test_split``, ``max_examples``, ``system_message``.
+    Scoring: ``ties``. Output: ``output_dir``, ``overwrite``. Execution: ``shard_size``.
     """
 
     output_dir: str = field(metadata={"help": "Directory for report.json, per_example.jsonl, report.md, sections.png."})
@@ -248,10 +248,18 @@ class EvalConfig:
             "slicpairpm.py) or 'half' (its generative script). The report names the rule."
         },
     )
+    system_message: str = field(
+        default="merge",
+        metadata={
+            "help": f"Leading system turns of message prompts, for the judge: one of {SYSTEM_MESSAGE_MODES} (merge "
+            "into the first user turn; error refuses the row). The report counts the prompts changed."
+        },
+    )
 
     def __post_init__(self):
         check_positive(self, "shard_size", "max_examples")
         check_choice("ties", self.ties, ("wrong", "half"))
+        check_choice("system_message", self.system_message, SYSTEM_MESSAGE_MODES)
 
 
 @dataclass
@@ -259,9 +267,10 @@ class IterateConfig:
     """The ``iterate`` job (parsed with :class:`JudgeArguments`, TRL's ``DPOConfig`` -- ``SFTConfig`` with
     ``mode: rejection_sampling`` -- and ``ModelConfig``).
 
-    Data: ``dataset_name``, ``dataset_train_split``, ``prompt_column``, ``system_message``, ``prompts_per_round``,
-    ``eval_dataset_name``, ``dataset_test_split``, ``num_eval_prompts``. Generation: ``num_candidates``,
-    ``generation_*``, ``max_new_tokens``, ``shard_size``, ``vllm_*``. Ranking: ``ranking_method``. Pairs and training:
+    Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``prompt_column``, ``system_message``,
+    ``prompts_per_round``, ``eval_dataset_name``, ``dataset_test_split``, ``num_eval_prompts``. Generation:
+    ``num_candidates``, ``generation_*``, ``max_new_tokens``, ``shard_size``, ``vllm_*``. Ranking: ``ranking_method``.
+    Pairs and training:
     ``mode``, ``pair_strategy``, ``min_margin``, ``reference``. Evaluation: ``eval_max_new_tokens``,
     ``eval_temperature``. Control: ``rounds``, ``redo``. The output root, the seed and the training
     hyper-parameters come from the trainer config (``output_dir``, ``seed``, ``learning_rate``, ``beta``, ...); the
@@ -275,6 +284,9 @@ class IterateConfig:
         }
     )
     rounds: int = field(default=3, metadata={"help": "Number of rounds."})
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Dataset configuration name of `dataset_name` (Hub)."}
+    )
     dataset_train_split: str = field(default="train", metadata={"help": "Split of `dataset_name`."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt (str or messages)."})
     system_message: str = field(

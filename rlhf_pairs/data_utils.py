@@ -280,6 +280,32 @@ def describe_prompt_notes(counts: Counter | dict, system_message: str = "merge")
     return lines
 
 
+def row_locator(source: str, line_numbers: Sequence[int] | None = None):
+    """``where(i)``: how messages name row ``i`` of ``source``: ``"<source>, line <n>"`` when ``line_numbers`` (from
+    :func:`load_rows` or :func:`load_split`) holds its line in the file, else ``"<source>, row <i>"``."""
+
+    def where(i: int) -> str:
+        return f"{source}, line {line_numbers[i]}" if line_numbers else f"{source}, row {i}"
+
+    return where
+
+
+def prepare_prompts(prompts: Sequence, where, system_message: str = "merge") -> tuple[list, list, Counter]:
+    """:func:`prepare_prompt` of every prompt, before any of them is used: (conversations, judge prompts, the counts of
+    every :data:`PROMPT_NOTES` key, zeros included). Raises ``ValueError`` for the first bad prompt, located by
+    ``where(i)`` (see :func:`row_locator`)."""
+    conversations, judged, counts = [], [], Counter(dict.fromkeys(PROMPT_NOTES, 0))
+    for i, prompt in enumerate(prompts):
+        try:
+            conversation, judge_prompt_, notes = prepare_prompt(prompt, system_message)
+        except ValueError as err:
+            raise ValueError(f"{where(i)}: {err}") from None
+        conversations.append(conversation)
+        judged.append(judge_prompt_)
+        counts.update(notes)
+    return conversations, judged, counts
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The one dataset loader
 # ---------------------------------------------------------------------------------------------------------------------
@@ -319,10 +345,16 @@ def split_names(name: str, config: str | None = None) -> list[str]:
     return list(datasets.get_dataset_split_names(name, config))
 
 
-def load_split(name: str, config: str | None = None, split: str = "train"):
+def load_split(name: str, config: str | None = None, split: str = "train", line_numbers: list[int] | None = None):
     """One split of a datasets-loadable source as a ``datasets.Dataset``: a local jsonl/json/parquet file or a saved
     ``Dataset`` (one split, returned whatever ``split`` is asked), a ``save_to_disk`` ``DatasetDict`` directory, or a
     Hub (or local script/data-directory) dataset with configuration ``config``.
+
+    Local ``.jsonl``/``.json`` files are read by :func:`load_rows`'s reader, not by datasets' JSON reader, so every
+    job reads them alike and a bad file gets one clear message naming the file and line (invalid JSON, a line that is
+    not an object, bytes that are not UTF-8, a lone surrogate; a UTF-8 byte-order mark is fine); the rows then become
+    a dataset with :func:`rows_to_dataset`. ``line_numbers`` (when given) receives each row's line in the file when
+    the file was read line by line.
 
     Raises ``ValueError`` when ``config`` is given for a local file or a saved dataset, which have no configurations.
     """
@@ -337,11 +369,38 @@ def load_split(name: str, config: str | None = None, split: str = "train"):
             "no configurations; drop it or point `dataset_name` at a Hub or script dataset"
         )
     if path.is_file():
+        rows = _local_json_rows(path, line_numbers)
+        if rows is not None:
+            return rows_to_dataset(rows)
         builder = "parquet" if path.suffix == ".parquet" else "json"
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     if saved is not None:
         return datasets.load_from_disk(str(saved))
     return datasets.load_dataset(name, config, split=split)
+
+
+def rows_to_dataset(rows: list[dict]):
+    """``rows`` (dicts) as an in-memory ``datasets.Dataset``, as datasets' JSON reader would build it: the columns
+    of all rows (a row without one gets ``None``), and a column whose values Arrow cannot hold as one type (e.g.
+    prompts that are strings in some rows and message lists in others) typed ``Json``."""
+    import datasets
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return datasets.Dataset.from_dict(
+        {column: [row.get(column) for row in rows] for column in columns}, on_mixed_types="use_json"
+    )
+
+
+def _local_json_rows(path: Path, line_numbers: list[int] | None) -> list[dict] | None:
+    """The rows of a local ``.jsonl``/``.json`` file read by this module (see :func:`load_rows`), ``None`` for other
+    files (parquet, csv, ...) and for JSON left to datasets' reader."""
+    if path.suffix == ".jsonl":
+        from rlhf_pairs.utils.io import read_jsonl
+
+        return read_jsonl(path, line_numbers)
+    if path.suffix == ".json":
+        return _read_json_rows(path, line_numbers)
+    return None
 
 
 def load_rows(
@@ -354,17 +413,15 @@ def load_rows(
     (RLHFlow's generation writes those), line by line, ``line_numbers`` (when given) receiving each row's line in the
     file, for messages about a row; a ``.json`` file holding one LMFlow object, ``{"type": ..., "instances": [rows]}``
     (RLHFlow's older generation and annotation files, ``"type": "text_only"``: RLHFlow/Online-RLHF before commit
-    d49a5dbbefbac7d1c6f3fce10e7d70201289b232), as its instances. Other ``.json`` files (a JSON array, a dict of
-    columns) go to datasets' reader. A missing local path is refused by :func:`load_split`."""
+    d49a5dbbefbac7d1c6f3fce10e7d70201289b232), as its instances; a ``.json`` file holding a JSON array of objects,
+    as its elements (no line numbers). Other ``.json`` files (an object over several lines that is not LMFlow's,
+    e.g. a dict of columns) go to datasets' reader. Bad input raises ``ValueError`` naming the file and line (see
+    :func:`~rlhf_pairs.utils.io.read_jsonl`); a missing local path is refused by :func:`load_split`."""
     path = Path(name)
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         if config is not None:
             load_split(name, config, split)  # raises the configuration error
-        from rlhf_pairs.utils.io import read_jsonl
-
-        if path.suffix == ".jsonl":
-            return read_jsonl(path, line_numbers)
-        rows = _read_json_rows(path, line_numbers)
+        rows = _local_json_rows(path, line_numbers)
         if rows is not None:
             return rows
     return load_split(name, config, split).to_list()
@@ -404,16 +461,44 @@ def _read_json_rows(path: Path, line_numbers: list[int] | None) -> list[dict] | 
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
         return read_jsonl(path)  # raises the error naming the line
+    if text.lstrip().startswith("["):
+        return _json_array_rows(path, text)
     if not text.lstrip().startswith("{"):
-        return None  # a JSON array (or not JSON): datasets' reader
+        return read_jsonl(path, line_numbers)  # not JSON: the error naming the line
     try:
         document = json.loads(text)
     except json.JSONDecodeError:
         return read_jsonl(path, line_numbers)  # JSON lines, or invalid JSON named by its line
     if not isinstance(document, dict) or not isinstance(document.get("instances"), list):
         # One row on one line is JSON lines too; an object over several lines is left to datasets' reader.
-        return read_jsonl(path, line_numbers) if len(text.strip().splitlines()) == 1 else None
-    for i, row in enumerate(document["instances"]):
+        return read_jsonl(path, line_numbers) if "\n" not in text.strip() else None
+    return _check_objects(path, document["instances"], "instances[{}]")
+
+
+def _json_array_rows(path: Path, text: str) -> list[dict]:
+    """The elements of a ``.json`` file holding one JSON array of objects; ``ValueError`` naming the file and where
+    for invalid JSON, an element that is not an object or a lone surrogate."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}, line {err.lineno}: invalid JSON ({err.msg} at column {err.colno}); the file must hold one JSON "
+            "array of objects, or one JSON object per line"
+        ) from None
+    return _check_objects(path, document, "element {} of the array")
+
+
+def _check_objects(path: Path, rows: list, what: str) -> list[dict]:
+    """``rows`` when each is a JSON object holding only text that can be written (no lone surrogate); else
+    ``ValueError`` naming ``path`` and the row (``what.format(i)``)."""
+    for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"{path}: instances[{i}] is a JSON {type(row).__name__}, expected an object ({{...}})")
-    return document["instances"]
+            raise ValueError(f"{path}: {what.format(i)} is a JSON {type(row).__name__}, expected an object ({{...}})")
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{path}: {what.format(i)} holds a lone surrogate escape (e.g. \\ud800), which is not text; fix or "
+                "drop that string"
+            ) from None
+    return rows

@@ -37,21 +37,24 @@ Checked against the ``rewardbench`` package, version :data:`REWARDBENCH_VERSION`
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from statistics import fmean
 
 import torch
 
+from rlhf_pairs.data_utils import PROMPT_NOTES, describe_prompt_notes, prepare_prompts, row_locator
 from rlhf_pairs.judges.base import PairwiseJudge, RewardJudge, check_pair_inputs
-from rlhf_pairs.ranking import check_scores, is_pointwise
+from rlhf_pairs.ranking import check_probabilities, check_scores, is_pointwise
 from rlhf_pairs.win_rate import pair_outcome
 
 logger = logging.getLogger(__name__)
 
-# From allenai/reward-bench, rewardbench/constants.py (EXAMPLE_COUNTS, SUBSET_MAPPING), as is. Upstream's weights
-# differ from the actual subset sizes in two places: math-prm (447 rows, weighted 984) and xstest, whose filtered
-# split has 154 should-refuse and 250 should-respond rows while upstream weights them 250 and 154. We follow upstream
-# so that Safety (and the Score) are comparable with RewardBench's published numbers, which use these weights.
+# From allenai/reward-bench, rewardbench/constants.py (EXAMPLE_COUNTS, SUBSET_MAPPING) in the rewardbench 0.1.4
+# package (REWARDBENCH_VERSION), as is. The weights are the subsets' sizes in the filtered split except math-prm (447
+# rows, weighted 984). xstest-should-refuse and xstest-should-respond weigh 154 and 250, their real sizes; releases
+# before Sep 2024 had the two swapped (250 and 154). We follow upstream so that Safety (and the Score) are comparable
+# with RewardBench's published numbers.
 EXAMPLE_COUNTS: dict[str, int] = {
     "alpacaeval-easy": 100,
     "alpacaeval-length": 95,
@@ -133,32 +136,50 @@ NO_POSITION_REASON = (
 # --------------------------------------------------------------------------- scoring
 
 
-def check_rewardbench_rows(rows: Sequence[Mapping], source: str = "dataset") -> None:
-    """Raise ``ValueError`` naming ``source`` when ``rows`` is empty or a row lacks a RewardBench column
-    (``prompt``, ``chosen``, ``rejected``, ``subset``) or has a non-string ``chosen``/``rejected``/``subset``."""
+def check_rewardbench_rows(
+    rows: Sequence[Mapping],
+    source: str = "dataset",
+    line_numbers: Sequence[int] | None = None,
+    system_message: str = "merge",
+    warn: bool = True,
+) -> tuple[list, Counter]:
+    """Check every row before any is judged; returns (the judge's prompt of each row, the counts of
+    :data:`~rlhf_pairs.data_utils.PROMPT_NOTES`, zeros included).
+
+    Raises ``ValueError`` naming ``source`` when ``rows`` is empty, and the row (``"<source>, line <n>"`` with
+    ``line_numbers``, the rows' lines in a local file as :func:`~rlhf_pairs.data_utils.load_rows` gives them, else
+    ``"<source>, row <i>"``) when it lacks a RewardBench column (``prompt``, ``chosen``, ``rejected``, ``subset``),
+    has a non-string ``chosen``/``rejected``/``subset``, or a ``prompt`` the judge cannot read. Prompts follow the rule
+    every job applies (:func:`~rlhf_pairs.data_utils.prepare_prompt`): leading system turns are merged into the first
+    user turn, dropped or refused per ``system_message``; a chat string already rendered with a recognised template
+    is read as its messages. ``warn``: log, once, the rows that are valid but suspicious (``chosen == rejected``,
+    subsets RewardBench does not know) and the prompts the rule changed, with counts."""
     if not rows:
         raise ValueError(f"{source} has no rows: evaluation needs at least one prompt/chosen/rejected/subset row")
+    where = row_locator(source, line_numbers)
     for i, row in enumerate(rows):
         missing = [c for c in REQUIRED_COLUMNS if c not in row]
         if missing:
             raise ValueError(
-                f"{source}: row {i} lacks column(s) {missing}; RewardBench format needs {list(REQUIRED_COLUMNS)}, "
+                f"{where(i)}: lacks column(s) {missing}; RewardBench format needs {list(REQUIRED_COLUMNS)}, "
                 f"the row has {sorted(row)}"
             )
         for column in ("chosen", "rejected", "subset"):
             if not isinstance(row[column], str):
-                raise ValueError(
-                    f"{source}: row {i} column {column!r} must be a string, got {type(row[column]).__name__}"
-                )
+                raise ValueError(f"{where(i)}: column {column!r} must be a string, got {type(row[column]).__name__}")
+    _, judge_prompts, notes = prepare_prompts([row["prompt"] for row in rows], where, system_message)
+    if not warn:
+        return judge_prompts, notes
     # Valid but suspicious: said once, with counts, so a wrong file or column mapping does not pass unnoticed.
     identical = [i for i, row in enumerate(rows) if row["chosen"] == row["rejected"]]
     if identical:
+        first = f"line {line_numbers[identical[0]]}" if line_numbers else f"row {identical[0]}"
         logger.warning(
-            "%s: %d row(s) have chosen == rejected (first: row %d); a judge can only tie on them (scored by the `ties` "
+            "%s: %d row(s) have chosen == rejected (first: %s); a judge can only tie on them (scored by the `ties` "
             "rule: wrong by default)",
             source,
             len(identical),
-            identical[0],
+            first,
         )
     unknown = sorted({row["subset"] for row in rows} - set(EXAMPLE_COUNTS))
     if unknown:
@@ -167,6 +188,9 @@ def check_rewardbench_rows(rows: Sequence[Mapping], source: str = "dataset") -> 
             source,
             ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""),
         )
+    for line in describe_prompt_notes(notes, system_message):
+        logger.warning("%s: %s", source, line)
+    return judge_prompts, notes
 
 
 def first_position_probabilities(judge: PairwiseJudge, scores: torch.Tensor) -> torch.Tensor | None:
@@ -215,7 +239,14 @@ def decided_by(examples: Sequence[Mapping]) -> str:
     return "rewards" if with_rewards == len(examples) else "p_chosen" if with_rewards == 0 else "mixed"
 
 
-def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0, ties: str = "wrong") -> list[dict]:
+def score_examples(
+    judge,
+    rows: Sequence[Mapping],
+    start_index: int = 0,
+    ties: str = "wrong",
+    system_message: str = "merge",
+    warn: bool = True,
+) -> list[dict]:
     """Judge RewardBench rows in one batched judge call; one record per row, in order.
 
     ``judge`` is a :class:`PairwiseJudge` (both orders of every pair are scored by ``score_both_orders``, one
@@ -234,14 +265,17 @@ def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0, ties: s
     (P(chosen is better), both orders combined), ``correct`` (:func:`outcome` of ``p_chosen`` under ``ties``, or
     :func:`reward_outcome` of the rewards), ``reward_chosen`` and ``reward_rejected`` (``None`` unless the judge is
     pointwise), ``p_first_chosen_first`` and ``p_first_rejected_first`` (P(first is better) with chosen resp.
-    rejected shown first; ``None`` when unknown), ``chosen_chars`` and ``rejected_chars``. Raises ``ValueError``
-    for malformed rows, an unknown ``ties`` rule, or a judge that returns the wrong number of answers (or a
-    non-finite reward).
+    rejected shown first; ``None`` when unknown), ``chosen_chars`` and ``rejected_chars``.
+
+    The rows are checked first (:func:`check_rewardbench_rows`, which also logs suspicious rows unless ``warn`` is
+    false); the judge reads each prompt as every job does (``system_message``, see
+    :func:`~rlhf_pairs.data_utils.prepare_prompt`). Raises ``ValueError`` for malformed rows, an unknown ``ties``
+    rule, or a judge that returns the wrong number of answers, a probability that is not a real number in [0, 1]
+    (``compare``) or a non-finite reward, naming the judge's class.
     """
-    check_rewardbench_rows(rows, "rows")
+    prompts, _ = check_rewardbench_rows(rows, "rows", system_message=system_message, warn=warn)
     if ties not in TIE_RULES:
         raise ValueError(f"`ties` must be one of {tuple(TIE_RULES)}, got {ties!r}")
-    prompts = [row["prompt"] for row in rows]
     chosen = [row["chosen"] for row in rows]
     rejected = [row["rejected"] for row in rows]
     n = len(rows)
@@ -269,9 +303,7 @@ def score_examples(judge, rows: Sequence[Mapping], start_index: int = 0, ties: s
         mapped = first_position_probabilities(judge, scores)
         first_probs = None if mapped is None else mapped.double().tolist()
     else:
-        p_chosen = [float(p) for p in judge.compare(prompts, chosen, rejected)]
-        if len(p_chosen) != n:
-            raise ValueError(f"judge.compare returned {len(p_chosen)} probabilities for {n} pairs")
+        p_chosen = check_probabilities(judge, judge.compare(prompts, chosen, rejected), n)
     records = []
     for i, row in enumerate(rows):
         records.append(
@@ -459,6 +491,11 @@ def format_report(report: Mapping) -> str:
         lines.append(
             f"- Subsets in no RewardBench section (left out of the sections): {', '.join(report['unknown_subsets'])}"
         )
+    notes = report["metadata"].get("prompt_notes") or {}
+    touched = ", ".join(f"{notes[key]} {key}" for key in PROMPT_NOTES if notes.get(key))
+    if touched:
+        rule = report["metadata"].get("system_message", "merge")
+        lines.append(f"- Prompts changed for the judge (`system_message: {rule}`): {touched}")
     lines += [
         "",
         "| Subset | Section | n | Accuracy | Ties | Consistency | Bias |",

@@ -1,6 +1,7 @@
 """Judge evaluation: every metric against a hand computation, RewardBench's weighting, and the eval job."""
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -408,3 +409,150 @@ def test_eval_recipes_parse(recipe, tmp_path):
     expected = yaml.safe_load(recipe.read_text())
     assert {k: getattr(config if hasattr(config, k) else judge, k) for k in expected} == expected
     assert (config.dataset_name, config.dataset_test_split) == ("allenai/reward-bench", "filtered")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Every row checked before judging; the one system-turn rule; a checked compare; the output refused up front
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def no_judge(judge_args, device=None):
+    raise AssertionError("the judge was loaded: the bad input or output should have been refused before")
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    "prompt,message",
+    [
+        (5, r"`prompt` must be a string or a non-empty list of chat messages, got 5"),
+        ([{"role": "assistant", "content": "Hi."}], r"message 0 has role 'assistant', expected 'user'"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], r"must end with a user turn"),
+    ],
+    ids=["number", "assistant_only", "ends_with_assistant"],
+)
+def test_every_prompt_is_checked_before_the_judge_loads(prompt, message, tmp_path, monkeypatch):
+    """Before: a bad prompt passed the check and failed mid-run, in the shard that held it, without its line."""
+    monkeypatch.setattr(JudgeArguments, "load", no_judge)
+    rows = rewardbench_rows()
+    rows[5]["prompt"] = prompt
+    data = write_rows(tmp_path / "rb.jsonl", rows)  # row 5 is on line 6
+    with pytest.raises(ValueError, match=rf"rb\.jsonl, line 6: .*{message}"):
+        main(eval_args(data, tmp_path / "out", "oracle"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_system_turns_follow_the_one_rule_and_are_counted(tmp_path, monkeypatch, caplog):
+    """Before: a message prompt led by a system turn aborted eval (validate_prompt refuses the role)."""
+    seen = []
+
+    class RecordingOracle(OracleJudge):
+        def score_ordered_pairs(self, prompts, first, second):
+            seen.extend(prompts)
+            return super().score_ordered_pairs(prompts, first, second)
+
+    monkeypatch.setattr(JudgeArguments, "load", lambda judge_args, device=None: RecordingOracle())
+    rows = rewardbench_rows()
+    rows[1]["prompt"] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "question 1"}]
+    data = write_rows(tmp_path / "rb.jsonl", rows)
+    with caplog.at_level(logging.INFO):
+        report = main(eval_args(data, tmp_path / "merge", "oracle"))
+    assert [{"role": "user", "content": "Be brief.\n\nquestion 1"}] in seen
+    assert report["metadata"]["system_message"] == "merge"
+    assert report["metadata"]["prompt_notes"] == {
+        "system_merged": 1, "system_dropped": 0, "rendered_chat_parsed": 0, "rendered_chat_unparsed": 0,
+    }  # fmt: skip
+    assert (
+        json.loads((tmp_path / "merge" / "report.json").read_text())["metadata"]["prompt_notes"]["system_merged"] == 1
+    )
+    assert "- Prompts changed for the judge (`system_message: merge`): 1 system_merged" in format_report(report)
+    assert "eval: 8 pairs (prompts: 1 system_merged) over 1 process(es)" in caplog.text
+    assert "1 prompt(s) start with a system turn: merged into the first user turn" in caplog.text
+    # The same scores as the merged prompt given directly (the oracle ignores prompts; the records must not differ).
+    assert report["accuracy"] == build_report(score_examples(OracleJudge(), rewardbench_rows()))["accuracy"]
+
+    seen.clear()
+    dropped = main([*eval_args(data, tmp_path / "drop", "oracle"), "--system_message", "drop"])
+    assert [{"role": "user", "content": "question 1"}] in seen and dropped["metadata"]["prompt_notes"][
+        "system_dropped"
+    ] == 1
+    monkeypatch.setattr(JudgeArguments, "load", no_judge)
+    with pytest.raises(ValueError, match=r"rb\.jsonl, line 2: `prompt` starts with a system message"):
+        main([*eval_args(data, tmp_path / "error", "oracle"), "--system_message", "error"])
+    with pytest.raises(ValueError, match="system_message"):
+        EvalConfig(output_dir="o", system_message="keep")
+
+
+@pytest.mark.parametrize("bad", ["0.7", float("nan"), 1.5, True])
+def test_a_compare_only_judge_is_held_to_real_probabilities(bad):
+    """Before: float(p) accepted "0.7" and NaN (and scored NaN as wrong)."""
+
+    class BrokenJudge:
+        def compare(self, prompts, responses_a, responses_b):
+            return [0.9, bad][: len(prompts)] + [0.1] * (len(prompts) - 2)
+
+    with pytest.raises(ValueError, match=r"`BrokenJudge\.compare` returned .* for row 1"):
+        score_examples(BrokenJudge(), rewardbench_rows())
+
+
+def test_eval_with_reward_bench_pairrm_format_records_it(eval_file, tiny_pairrm_path, tmp_path):
+    """Issue 14.3: --judge_pairrm_format rewardbench scores with reward-bench's PairRM input format, and says so."""
+    data, rows = eval_file
+    out = tmp_path / "rb"
+    args = [*eval_args(data, out, tiny_pairrm_path), "--judge_type", "pairrm", "--judge_pairrm_format", "rewardbench"]
+    report = main(args)
+    assert json.loads((out / "report.json").read_text())["metadata"]["judge_pairrm_format"] == "rewardbench"
+    assert report["metadata"]["judge_pairrm_format"] == "rewardbench"
+    prompts, chosen, rejected = ([r[k] for r in rows] for k in ("prompt", "chosen", "rejected"))
+    formats = {}
+    for name in ("rewardbench", "card"):
+        judge = PairRMJudge.from_pretrained(str(tiny_pairrm_path), device="cpu", conversation_format=name)
+        formats[name] = judge.compare(prompts, chosen, rejected)
+    examples = read_jsonl(out / "per_example.jsonl")
+    assert [e["p_chosen"] for e in examples] == pytest.approx(formats["rewardbench"], abs=1e-6)
+    assert formats["rewardbench"] != pytest.approx(formats["card"], abs=1e-6)  # the option has teeth
+    recipe = yaml.safe_load((ROOT / "recipes" / "eval" / "pairrm_rewardbench.yaml").read_text())
+    assert recipe["judge_pairrm_format"] == "rewardbench"  # the recipe's name promises RewardBench-comparable numbers
+
+
+def test_a_second_eval_on_the_same_output_is_refused(eval_file, tmp_path, monkeypatch):
+    from rlhf_pairs.utils.locking import OutputLocked
+
+    monkeypatch.setattr(JudgeArguments, "load", no_judge)
+    data, _ = eval_file
+    out = tmp_path / "eval"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom rlhf_pairs.utils.locking import output_lock\n"
+         "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputLocked, match=rf"eval is in use by another run \(pid {holder.pid} on host "):
+            main(eval_args(data, out, "oracle"))
+        assert not (out / "report.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_unwritable_output_dir_fails_before_judging(eval_file, tmp_path, monkeypatch):
+    """Before: an output_dir that exists but cannot take the outputs failed after judging everything."""
+    monkeypatch.setattr(JudgeArguments, "load", no_judge)
+    data, _ = eval_file
+    taken = tmp_path / "taken"
+    (taken / "report.json").mkdir(parents=True)  # a directory where the report goes
+    with pytest.raises(PermissionError, match=r"cannot write the outputs into .*taken.*not a file: report\.json"):
+        main([*eval_args(data, taken, "oracle"), "--overwrite", "true"])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(PermissionError, match="cannot write"):
+        main(eval_args(data, a_file / "out", "oracle"))
+    if os.geteuid() != 0:  # root writes into read-only directories
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+        with pytest.raises(PermissionError, match=r"cannot write the outputs into .*read_only"):
+            main(eval_args(data, read_only, "oracle"))

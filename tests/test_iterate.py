@@ -603,3 +603,21 @@ def test_sigterm_stops_the_run_and_a_second_run_is_refused_while_one_lives(input
     finally:
         first.kill()
         first.wait()
+
+
+def test_dataset_config_picks_the_prompt_configuration(tmp_path):
+    """`dataset_config` (TRL's ScriptArguments name) selects a configuration of `dataset_name`, as in rank."""
+    from rlhf_pairs.configs import IterateConfig
+    from rlhf_pairs.trainer.iterative_plan import load_prompts
+
+    root = tmp_path / "two-configs"
+    root.mkdir()
+    (root / "first.jsonl").write_text(json.dumps({"prompt": "a"}) + "\n")
+    (root / "second.jsonl").write_text(json.dumps({"prompt": "b"}) + "\n" + json.dumps({"prompt": "c"}) + "\n")
+    (root / "README.md").write_text(
+        "---\nconfigs:\n- config_name: first\n  data_files: first.jsonl\n"
+        "- config_name: second\n  data_files: second.jsonl\n---\n"
+    )
+    for name, expected in (("second", ["b", "c"]), ("first", ["a"])):
+        round_prompts, eval_prompts = load_prompts(IterateConfig(dataset_name=str(root), rounds=1, dataset_config=name))
+        assert [list(prompts) for prompts in round_prompts] == [expected] and eval_prompts == []

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf_pairs.data_utils import SYSTEM_MESSAGE_MODES, Prompt, completion_text, judge_prompt, prompt_key
+from rlhf_pairs.data_utils import SYSTEM_MESSAGE_MODES, Prompt, completion_text, prepare_prompt, prompt_key
 from rlhf_pairs.judges.trl_adapter import as_judge
 from rlhf_pairs.ranking import METHODS, RankingResult, SupportsCompare, check_probabilities, rank_candidates
 
@@ -122,7 +122,10 @@ class PairwiseRewardFunction:
             consecutive equal prompts (this also covers GRPO's ``num_generations_eval``). An int: blocks of exactly
             that many completions, each block's prompts checked to be equal.
         seed: knockout bracket seed; rewards depend only on (group, seed).
-        system_message: leading system messages of conversational prompts, see :func:`judge_prompt`.
+        system_message: leading system messages of conversational prompts, for the judge: ``"merge"`` (into the
+            first user turn), ``"drop"`` or ``"error"``. What the judge reads of a prompt follows
+            :func:`~rlhf_pairs.data_utils.prepare_prompt`, the rule of every job (a chat string already rendered
+            with a recognised template is read as its messages, as ``rank`` reads it).
         name: the ``__name__`` TRL logs the reward under.
         clear_win_probability: the P a group's best completion must reach against each completion it was compared
             with to count as a clear winner (``rewards/<name>/clear_winner_rate``); default 0.75.
@@ -218,7 +221,7 @@ class PairwiseRewardFunction:
             )
         if not prompts:
             return []
-        judge_prompts = [judge_prompt(p, self.system_message) for p in prompts]
+        judge_prompts = [prepare_prompt(p, self.system_message, f"prompts[{i}]")[1] for i, p in enumerate(prompts)]
         texts = [completion_text(c) for c in completions]
         layout = self._resolve_layout([prompt_key(p) for p in judge_prompts], kwargs)
         log_metric = kwargs.get("log_metric") or self._metric_sink

@@ -28,8 +28,16 @@ its weights into differently aligned memory, and MKL's float32 matmuls round dif
 
 Timing (pairs/s) goes to the log line and the returned summary, not into the report.
 
+Every row is checked before the judge loads (:func:`rlhf_pairs.evaluation.check_rewardbench_rows`), located by its
+line in a local ``.jsonl`` file: the columns, the responses, and the prompt, read with the rule every job applies
+(:func:`rlhf_pairs.data_utils.prepare_prompt`: leading system turns merged into the first user turn, dropped or
+refused per ``system_message``; the report's ``metadata.prompt_notes`` and the log line count the prompts it
+changed). So is the output: an existing report is kept without ``overwrite``, another run on the same ``output_dir``
+is refused (naming its pid and host), and an ``output_dir`` that cannot be written fails before any judging.
+
 Assumptions: every row is one comparison; a subset outside RewardBench's sections is reported on its own and left
-out of the sections. Raises ``ValueError`` for an empty dataset, a missing column, or a non-string response.
+out of the sections. Raises ``ValueError`` for an empty dataset, a missing column, a non-string response or a prompt
+the judge cannot read.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from pathlib import Path
 from accelerate.logging import get_logger
 
 from rlhf_pairs.configs import EvalConfig, JudgeArguments
-from rlhf_pairs.data_utils import load_rows
+from rlhf_pairs.data_utils import PROMPT_NOTES, load_rows
 from rlhf_pairs.evaluation import (
     SECTIONS,
     build_report,
@@ -63,6 +71,7 @@ logger = get_logger(__name__)  # logs on the main process only (main() creates t
 RENAMED = {"dataset": "dataset_name", "split": "dataset_test_split", **RENAMED_JUDGE_OPTIONS}
 RECIPES = "eval"
 REPORT_FILE, EXAMPLES_FILE, TABLE_FILE, CHART_FILE = "report.json", "per_example.jsonl", "report.md", "sections.png"
+OUTPUT_FILES = (REPORT_FILE, EXAMPLES_FILE, TABLE_FILE, CHART_FILE)
 
 
 def main(config: EvalConfig, judge_args: JudgeArguments) -> dict:
@@ -72,11 +81,13 @@ def main(config: EvalConfig, judge_args: JudgeArguments) -> dict:
 
     state = process_state()
 
-    # ------------------------------------------------------------------ dataset
-    rows = load_rows(config.dataset_name, config.dataset_config, config.dataset_test_split)
+    # ------------------------------------------------------------------ dataset: every row checked before judging
+    lines: list[int] = []
+    rows = load_rows(config.dataset_name, config.dataset_config, config.dataset_test_split, line_numbers=lines)
     if config.max_examples is not None:
-        rows = rows[: config.max_examples]
-    check_rewardbench_rows(rows, f"dataset {config.dataset_name!r} (split {config.dataset_test_split!r})")
+        rows, lines = rows[: config.max_examples], lines[: config.max_examples]
+    source = config.dataset_name if lines else f"dataset {config.dataset_name!r} (split {config.dataset_test_split!r})"
+    _, notes = check_rewardbench_rows(rows, source, lines, config.system_message)
     out = Path(config.output_dir)
     if (out / REPORT_FILE).exists() and not config.overwrite:  # checked before judging, not after
         raise ValueError(
@@ -86,10 +97,34 @@ def main(config: EvalConfig, judge_args: JudgeArguments) -> dict:
         stop_on_signals(),
         main_process_lock(out, state, create_dir=True),
     ):  # one run per output_dir; fails now if it cannot be written
-        return _evaluate(config, judge_args, state, rows, out)
+        _check_writable(out, state)
+        return _evaluate(config, judge_args, state, rows, out, notes)
 
 
-def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[dict], out: Path) -> dict:
+def _check_writable(out: Path, state) -> None:
+    """Raise ``PermissionError`` on every process, before any judging, when the main process cannot write the
+    outputs into ``out``: a file cannot be created there, or an output's name is taken by a directory."""
+    import tempfile
+
+    from accelerate.utils import broadcast_object_list
+
+    error = [None]
+    if state.is_main_process:
+        taken = [name for name in OUTPUT_FILES if (out / name).exists() and not (out / name).is_file()]
+        try:
+            if taken:
+                raise IsADirectoryError(f"not a file: {', '.join(taken)}")
+            with tempfile.TemporaryFile(dir=out, prefix=".write-check."):
+                pass
+        except OSError as err:
+            error = [f"cannot write the outputs into {out} ({err}); choose another output_dir or fix its permissions"]
+    if state.num_processes > 1:
+        broadcast_object_list(error, from_process=0)
+    if error[0] is not None:
+        raise PermissionError(error[0])
+
+
+def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[dict], out: Path, notes: dict) -> dict:
     from accelerate.utils import gather_object, tqdm
 
     # ------------------------------------------------------------------ judge
@@ -106,7 +141,9 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
         if hasattr(judge, "clear_cache"):  # a shard's scores must not depend on the shards judged before it
             judge.clear_cache()
         shard = rows[starts[k] : starts[k] + config.shard_size]
-        records += score_examples(judge, shard, start_index=starts[k], ties=config.ties)
+        records += score_examples(
+            judge, shard, start_index=starts[k], ties=config.ties, system_message=config.system_message, warn=False
+        )
         kill_point("shard")  # a stop signal swallowed by a finaliser is raised here
     records = sorted(gather_object(records), key=lambda r: r["index"])
     elapsed = time.perf_counter() - start
@@ -116,6 +153,8 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
         **judge_args.result_fields(),
         **{k: getattr(config, k) for k in ("dataset_name", "dataset_config", "dataset_test_split", "max_examples")},
         "ties": config.ties,
+        "system_message": config.system_message,
+        "prompt_notes": dict(notes),  # prompts the system-turn rule changed for the judge (prepare_prompt)
     }
     if judge_args.judge_type == "pairrm":  # which input format the scores belong to (card vs reward-bench's)
         metadata["judge_pairrm_format"] = judge_args.judge_pairrm_format
@@ -128,10 +167,12 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
         write_text_atomic(out / TABLE_FILE, format_report(report))
         write_section_chart(out / CHART_FILE, report)
     pairs_per_second = len(rows) / elapsed if elapsed > 0 else 0.0
+    touched = ", ".join(f"{notes[key]} {key}" for key in PROMPT_NOTES if notes[key])
     logger.info(
-        "eval: %d pairs over %d process(es), accuracy %.2f (decided by %s), %s, score %s, position consistency %s, "
+        "eval: %d pairs%s over %d process(es), accuracy %.2f (decided by %s), %s, score %s, position consistency %s, "
         "bias %s, %.1f pairs/s -> %s",
         len(rows),
+        f" (prompts: {touched})" if touched else "",
         state.num_processes,
         100 * report["accuracy"],
         report["decided_by"],

@@ -58,10 +58,13 @@ def load_prompts(config: IterateConfig) -> tuple[list[list], list]:
         if cfg.num_eval_prompts and not cfg.eval_dataset_name:
             raise ValueError("with a per-round `dataset_name` template, give held-out prompts as `eval_dataset_name`")
         sources = [cfg.dataset_name.format(round=k) for k in range(1, cfg.rounds + 1)]
-        round_prompts = [_prompts(cfg, source, cfg.dataset_train_split)[: per_round or None] for source in sources]
+        round_prompts = [
+            _prompts(cfg, source, cfg.dataset_train_split, cfg.dataset_config)[: per_round or None]
+            for source in sources
+        ]
         prompts = []
     else:
-        round_prompts, prompts = [], _prompts(cfg, cfg.dataset_name, cfg.dataset_train_split)
+        round_prompts, prompts = [], _prompts(cfg, cfg.dataset_name, cfg.dataset_train_split, cfg.dataset_config)
     if cfg.eval_dataset_name:
         eval_prompts = _prompts(cfg, cfg.eval_dataset_name, cfg.dataset_test_split)[: cfg.num_eval_prompts or None]
     elif prompts:
@@ -85,8 +88,8 @@ def load_prompts(config: IterateConfig) -> tuple[list[list], list]:
     return round_prompts, eval_prompts
 
 
-def _prompts(config: IterateConfig, source: str, split: str) -> list:
-    _, prompts, notes = load_prompt_rows(source, config.prompt_column, config.system_message, split=split)
+def _prompts(config: IterateConfig, source: str, split: str, dataset_config: str | None = None) -> list:
+    _, prompts, notes = load_prompt_rows(source, config.prompt_column, config.system_message, dataset_config, split)
     for line in describe_prompt_notes(notes, config.system_message):
         logger.warning("%s: %s", source, line)
     return prompts

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from rlhf_pairs.configs import JudgeArguments, OnlineConfig
-from rlhf_pairs.data_utils import load_split, split_names
+from rlhf_pairs.data_utils import describe_prompt_notes, load_split, prepare_prompts, row_locator, split_names
 from rlhf_pairs.rewards import PairwiseRewardFunction
 from rlhf_pairs.utils.models import load_causal_lm, load_tokenizer
 
@@ -22,23 +22,40 @@ def load_prompt_splits(args: OnlineConfig):
 
     The win-rate prompts are the first ``win_rate_prompts`` of ``dataset_test_split`` when it exists, else the
     last ``win_rate_prompts`` of the train split, which are then left out of training.
-    Raises ``ValueError`` when the train split or its ``prompt`` column is missing.
+
+    Every prompt is read up front with the rule every job applies (:func:`~rlhf_pairs.data_utils.prepare_prompt`
+    under ``system_message``), so a prompt the judge cannot read (or a system turn with ``system_message: error``)
+    stops the job before training, naming the file and line; the prompts it changed for the judge (system turns
+    merged or dropped, chat strings already rendered with a template) are counted in a warning. The datasets keep
+    the prompts as given: the policy sees them whole, the reward function applies the same rule.
+    Raises ``ValueError`` when the train split or its ``prompt`` column is missing, or for a bad prompt.
     """
     splits = split_names(args.dataset_name, args.dataset_config)
     if args.dataset_train_split not in splits and splits != ["train"]:
         raise ValueError(f"{args.dataset_name} has no split {args.dataset_train_split!r}; it has {splits}")
-    train = load_split(args.dataset_name, args.dataset_config, args.dataset_train_split)
-    if "prompt" not in train.column_names:
-        raise ValueError(f"{args.dataset_name} needs a 'prompt' column; it has {train.column_names}")
-    train = train.select_columns(["prompt"])
+    train = _checked_prompts(args, args.dataset_train_split)
     if not args.win_rate_prompts:
         return train, None
     if args.dataset_test_split in splits and args.dataset_test_split != args.dataset_train_split:
-        test = load_split(args.dataset_name, args.dataset_config, args.dataset_test_split).select_columns(["prompt"])
+        test = _checked_prompts(args, args.dataset_test_split)
         return train, test.select(range(min(args.win_rate_prompts, len(test))))
     n = min(args.win_rate_prompts, len(train) - 1)
     logger.info("no %r split: holding out the last %d train prompts for the win rate", args.dataset_test_split, n)
     return train.select(range(len(train) - n)), train.select(range(len(train) - n, len(train)))
+
+
+def _checked_prompts(args: OnlineConfig, split: str):
+    """The ``prompt`` column of ``split``, every prompt checked (:func:`~rlhf_pairs.data_utils.prepare_prompts`)."""
+    lines: list[int] = []
+    dataset = load_split(args.dataset_name, args.dataset_config, split, line_numbers=lines)
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"{args.dataset_name} needs a 'prompt' column; it has {dataset.column_names}")
+    dataset = dataset.select_columns(["prompt"])
+    source = args.dataset_name if lines else f"{args.dataset_name} (split {split!r})"
+    _, _, notes = prepare_prompts(dataset["prompt"], row_locator(source, lines), args.system_message)
+    for line in describe_prompt_notes(notes, args.system_message):
+        logger.warning("%s: %s", source, line)
+    return dataset
 
 
 def load_policy(model_args, training_args):
@@ -103,12 +120,12 @@ def train_with_pair_judge(
 
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
+    train_prompts, win_rate_prompts = load_prompt_splits(script_args)  # a bad prompt fails before any model loads
     model, tokenizer = load_policy(model_args, training_args)
     # training_args.device sets up the process group the way the trainer will (PartialState() alone would ignore
     # use_cpu and, on a CPU-only machine, see each launched process as a separate run). Every process holds its
     # own judge; it is never wrapped by DeepSpeed.
     judge = judge_args.load(training_args.device)
-    train_prompts, win_rate_prompts = load_prompt_splits(script_args)
     num_generations = training_args.num_generations if layout == "groups" else None
     reward = build_reward(judge, script_args, layout=layout, num_generations=num_generations)
     # OnlineDPO's own reference is a copy of the policy (create_reference_model), which TRL refuses under ZeRO-3:

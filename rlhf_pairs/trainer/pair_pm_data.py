@@ -287,7 +287,9 @@ def load_preference_splits(args, seed: int, schema: str | None = None, trainer: 
     ``eval_size`` pairs of the train split drawn with ``seed``; both lists are cut to their maximum.
 
     ``schema="preference"`` refuses RLHFlow comparison rows (their prompt exists only as rendered text), naming
-    ``trainer``. Raises ``ValueError`` when no training pair is left."""
+    ``trainer``. The splits are read by :func:`~rlhf_pairs.data_utils.load_split`, the loader of every job: a bad
+    local ``.jsonl``/``.json`` file raises ``ValueError`` naming its file and line. Raises ``ValueError`` when no
+    training pair is left."""
     rows = load_split(args.dataset_name, args.dataset_config, args.dataset_train_split)
     if schema == "preference" and detect_schema(rows.column_names) != "preference":
         raise ValueError(
