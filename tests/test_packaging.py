@@ -49,6 +49,30 @@ def test_the_wheel_holds_the_package_its_recipes_and_nothing_else(installed_whee
     assert not [name for name in names if name.split("/")[0] in ("tests", "scripts", "bench", "recipes")]
 
 
+def test_the_console_script_is_console_main_and_runs(installed_wheel, tmp_path):
+    """``rlhf-pairs`` is ``rlhf_pairs.cli:console_main`` (user errors as one line), not a stale ``cli:main``: the
+    wheel's entry point, loaded and run from the installed copy as the generated script does."""
+    import configparser
+
+    wheel, target = installed_wheel
+    (name,) = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/entry_points.txt")]
+    entry_points = configparser.ConfigParser()
+    entry_points.read_string(zipfile.ZipFile(wheel).read(name).decode())
+    assert dict(entry_points["console_scripts"]) == {"rlhf-pairs": "rlhf_pairs.cli:console_main"}
+    code = (
+        "import sys\nfrom importlib.metadata import EntryPoint\n"
+        "main = EntryPoint('rlhf-pairs', sys.argv[2], 'console_scripts').load()\n"
+        "assert sys.modules[main.__module__].__file__.startswith(sys.argv[1])  # the wheel's copy\n"
+        "sys.argv = ['rlhf-pairs', 'nope']\nsys.exit(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    value = entry_points["console_scripts"]["rlhf-pairs"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(target), value], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "unknown job 'nope'" in proc.stderr, proc.stderr
+
+
 def installed_run(target, cwd, *argv):
     env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "rlhf_pairs.cli", *map(str, argv)]

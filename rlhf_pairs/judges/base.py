@@ -72,21 +72,27 @@ def load_model_and_tokenizer(
     """(model, tokenizer) of a judge checkpoint: ``auto_class.from_pretrained`` (e.g. ``AutoModelForCausalLM``) on
     ``device`` in ``dtype`` (``"auto"``: bf16 on CUDA, fp32 elsewhere, see
     :func:`~rlhf_pairs.tokenization.resolve_device_and_dtype`), and the tokenizer of ``tokenizer_name_or_path`` or
-    the checkpoint."""
+    the checkpoint. A checkpoint or tokenizer that does not load raises an error naming the input (``--judge``) and
+    what to do (:func:`rlhf_pairs.utils.models.loading_input`)."""
     from transformers import AutoTokenizer
 
+    from rlhf_pairs.utils.models import loading_input
+
     device, dtype = resolve_device_and_dtype(device, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_name_or_path or name_or_path, revision=revision, trust_remote_code=trust_remote_code
-    )
-    model = auto_class.from_pretrained(
-        name_or_path,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-    ).to(device)
-    return model, tokenizer
+    tokenizer_path = tokenizer_name_or_path or name_or_path
+    with loading_input("--judge" if tokenizer_path == name_or_path else "the judge's tokenizer", tokenizer_path):
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_path, revision=revision, trust_remote_code=trust_remote_code
+        )
+    with loading_input("--judge", name_or_path):
+        model = auto_class.from_pretrained(
+            name_or_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+    return model.to(device), tokenizer
 
 
 def _score_both_orders(

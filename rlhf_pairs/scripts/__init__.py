@@ -133,12 +133,21 @@ def parse(module, argv: list[str] | None = None) -> tuple:
             argv = ["--config", str(config), *argv]
         kwargs = {"argv": argv} if getattr(module, "PARSER_READS_ARGV", False) else {}
         parser = module.make_parser(prog=f"rlhf-pairs {job_name(module)}", **kwargs)
+        short_errors(parser, module)
         if isinstance(parser, TrlParser) and ("-h" in argv or "--help" in argv):
             print(short_help(module, parser))
             raise SystemExit(0)
         argv = ["--help" if a == "--help-all" else a for a in argv]
         if isinstance(parser, TrlParser):
-            return tuple(parser.parse_args_and_config(args=argv))
+            *parsed, from_config, from_flags = parser.parse_args_and_config(
+                args=argv, return_remaining_strings=True, separate_remaining_strings=True
+            )
+            if from_flags:  # as argparse reports them (HfArgumentParser raises a ValueError)
+                parser.error(f"unrecognized arguments: {' '.join(from_flags)}")
+            if from_config:
+                unknown = ", ".join(key.removeprefix("--") for key in from_config[::2])
+                raise ValueError(f"--config: unknown keys {unknown}: no option of this job has those names")
+            return tuple(parsed)
         return (parser.parse_args(argv),)
 
 
@@ -152,6 +161,28 @@ def job_name(module) -> str:
     return next((job for job, (path, _) in JOBS.items() if path == name), name.rsplit(".", 1)[-1])
 
 
+def short_usage(module, parser) -> str:
+    """The job's usage in one line (argparse's own, for a parser holding a trainer config, runs to 100-200 lines)."""
+    from trl import TrlParser
+
+    config = "[--config RECIPE] " if isinstance(parser, TrlParser) else ""
+    return f"usage: rlhf-pairs {job_name(module)} {config}[--OPTION VALUE ...]"
+
+
+def short_errors(parser, module) -> None:
+    """Make ``parser`` report a bad flag, flag value or missing argument as the short usage line, the error and where
+    the help is, exit status 2 (argparse prints its whole usage instead: 186 lines for ``iterate``)."""
+    job = job_name(module)
+
+    def error(message: str):
+        sys.stderr.write(
+            f"{short_usage(module, parser)}\nrlhf-pairs {job}: error: {message}\nsee `rlhf-pairs {job} --help`\n"
+        )
+        raise SystemExit(2)
+
+    parser.error = error
+
+
 def short_help(module, parser) -> str:
     """The job's own options, one group per dataclass of this package, with the library configs (TRL's trainer
     config, ``ModelConfig``) behind a pointer to ``--help-all``."""
@@ -162,7 +193,7 @@ def short_help(module, parser) -> str:
         return re.sub(r":\w+:`~?([^`]*)`", r"\1", text).replace("``", "")
 
     job = job_name(module)
-    lines = [f"usage: rlhf-pairs {job} [--config RECIPE] [--OPTION VALUE ...]", ""]
+    lines = [short_usage(module, parser), ""]
     doc = plain(module.__doc__ or "").strip().splitlines()
     if doc:
         lines += [doc[0], ""]

@@ -73,7 +73,11 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds generation, brackets and training")
     parser.add_argument(
-        "--check-judge", action="store_true", help="first judge the bundled pairs with a known better answer"
+        "--check-judge",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="first judge the bundled pairs with a known better answer (a few seconds); the report says whether the "
+        "judge beats a coin flip",
     )
     parser.add_argument(
         "--keep-policy",
@@ -194,14 +198,18 @@ def _spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {std:.3f} over {len(values)} steps"
 
 
-def mean_words(path: Path, column: str) -> float | None:
-    """The mean length in words of ``column`` in a stage's JSON-lines file (``None`` when the file is missing)."""
+def mean_words(path: Path, column: str) -> tuple[float, float] | None:
+    """The mean length in words of ``column`` in a stage's JSON-lines file and its standard deviation over the rows
+    (``None`` when the file is missing or empty)."""
     from rlhf_pairs.utils.io import read_jsonl
 
     if not path.exists():
         return None
-    rows = read_jsonl(path)
-    return sum(len(row[column].split()) for row in rows) / len(rows) if rows else None
+    counts = [len(row[column].split()) for row in read_jsonl(path)]
+    if not counts:
+        return None
+    mean = sum(counts) / len(counts)
+    return mean, (sum((c - mean) ** 2 for c in counts) / len(counts)) ** 0.5
 
 
 def report(
@@ -212,6 +220,7 @@ def report(
     seconds: float,
     started: float | None = None,
     judge_note: str = "zero-shot pair preference LM, both orders",
+    judge_check: tuple[str, bool] | None = None,
 ) -> str:
     """The run in words, saying only what the numbers support: per round the candidates and comparisons, the pairs
     kept and why the others were dropped, DPO loss and reward accuracy as means over steps with their spread, and the
@@ -221,6 +230,8 @@ def report(
 
     lines = [f"\nrlhf-pairs demo: iterative DPO with a pair judge, {len(metrics)} round(s) in {seconds / 60:.1f} min"]
     lines.append(f"  policy: {policy}\n  judge:  {judge} ({judge_note})")
+    if judge_check is not None:
+        lines.append(f"  {judge_check[0]}")
     for m in metrics:
         k = m["round"]
         prompts, comparisons = m.get("generate/prompts", 0), m.get("rank/comparisons", 0)
@@ -267,7 +278,10 @@ def report(
             completions = root / f"round_{k}" / "eval" / "completions.jsonl"
             new, previous = mean_words(completions, "new"), mean_words(completions, "previous")
             if new is not None and previous is not None:
-                lines.append(f"  held-out answers: {new:.1f} words on average after this round, {previous:.1f} before")
+                lines.append(
+                    f"  held-out answers: {new[0]:.1f} ± {new[1]:.1f} words after this round, {previous[0]:.1f} ± "
+                    f"{previous[1]:.1f} before (mean ± std over {n} prompts)"
+                )
         if margin is not None and abs(margin - 0.5) < 0.05:
             lines.append("  -> the judge's margins are close to 0.5: it barely prefers one candidate over another")
     pairs_file = root / f"round_{metrics[-1]['round']}" / "pairs" / "pairs.jsonl" if metrics else None
@@ -305,8 +319,9 @@ def main(args: argparse.Namespace) -> dict:
     if args.learning_rate is None:
         args.learning_rate = 5e-5 if rule else 1e-5
     judge = rule or args.judge or policy
-    if args.check_judge and not rule:
-        print(check_judge(judge)[0])
+    judge_check = check_judge(judge) if args.check_judge and not rule else None
+    if judge_check is not None:
+        print(judge_check[0])
 
     # ---- one or more rounds of the iterate job ----
     from rlhf_pairs.scripts import iterate, parse
@@ -321,7 +336,7 @@ def main(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     if loop.state.is_main_process:
         note = RULE_JUDGES[rule][1] if rule else "zero-shot pair preference LM, both orders"
-        print(report(root, metrics, policy, judge, seconds, started, judge_note=note))
+        print(report(root, metrics, policy, judge, seconds, started, judge_note=note, judge_check=judge_check))
         if not keep:
             freed = remove_policy_weights(root)
             if freed:

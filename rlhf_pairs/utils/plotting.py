@@ -22,11 +22,13 @@ def _save(fig, path: str | Path, **kwargs) -> None:
         fig.savefig(tmp, format="png", **kwargs)
 
 
-def plot_rounds(root: str | Path, metrics: list[dict], path: str | Path) -> None:
+def plot_rounds(root: str | Path, metrics: list[dict], path: str | Path | None = None):
     """The iterative loop's PNG, from the rounds' own files under ``root``: per-step training loss and DPO reward
     accuracy (every round, end to end, a dotted line where a round starts), the distribution of the judge's margin
     P(best beats worst) per round, and the win rate per round with its 95% interval and the 0.5 line. Written
-    atomically; a panel without data says so instead of drawing a lone dot."""
+    atomically to ``path`` (unless ``None``); a panel without data says so instead of drawing a lone dot.
+
+    Returns the figure; its axes (``fig.axes``) are, in order: loss, reward accuracy, margin, win rate."""
     import json
 
     root = Path(root)
@@ -77,7 +79,9 @@ def plot_rounds(root: str | Path, metrics: list[dict], path: str | Path) -> None
     for ax in (loss_ax, acc_ax, margin_ax):
         if len(ax.get_legend_handles_labels()[0]) > 1:
             ax.legend(fontsize=8)
-    _save(fig, path, dpi=80)
+    if path is not None:
+        _save(fig, path, dpi=80)
+    return fig
 
 
 def write_section_chart(path: str | Path, report: dict) -> None:
