@@ -1,7 +1,10 @@
 """Real DeepSpeed ZeRO runs: every training job under the shipped `zero2.yaml` / `zero3.yaml` launcher configs, with
-2 CPU processes (gloo), through the command a user types:
+2 CPU processes (gloo), through the commands a user types (the recipes' READMEs show both; the first starts the
+second):
 
     rlhf-pairs <job> --config <tiny recipe> ... --accelerate_config zero3 --num_processes 2 --mixed_precision no
+    accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 2 --mixed_precision no \
+        scripts/<job>.py --config <tiny recipe> ...
 
 (the tiny recipes set `use_cpu: true` and `bf16: false`; `--mixed_precision no` overrides the configs' bf16, which
 DeepSpeed's config check refuses against `bf16: false`). DeepSpeed picks its CPU accelerator (`DS_ACCELERATOR=cpu`)
@@ -27,6 +30,7 @@ import torch
 from conftest import ROOT, free_port
 from safetensors.torch import load_file
 
+from rlhf_pairs.cli import JOBS
 from rlhf_pairs.judges.pair_lm import PairPreferenceJudge
 from rlhf_pairs.judges.pairrm import PairRMJudge
 from rlhf_pairs.trainer.pair_pm_data import preference_pairs, split_pairs
@@ -68,11 +72,24 @@ def shm_op():
     assert proc.returncode == 0, f"building DeepSpeed's shm op failed (is g++ installed?):\n{proc.stdout[-6000:]}"
 
 
-def launch(job: str, zero: str, args: list, cwd, *, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    """``rlhf-pairs <job> <args> --accelerate_config <zero> --num_processes 2 --mixed_precision no``; fails the test
-    with the output unless it exits 0 (or, with ``kill_at``, is killed there)."""
-    cmd = [sys.executable, "-m", "rlhf_pairs.cli", job, *map(str, args), "--accelerate_config", zero]
-    cmd += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())]
+def launch(
+    job: str, zero: str, args: list, cwd, *, kill_at: str | None = None, via_cli: bool = False
+) -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file recipes/accelerate/<zero>.yaml --num_processes 2 --mixed_precision no
+    scripts/<job's script> <args>``, or (``via_cli``) ``rlhf-pairs <job> <args> --accelerate_config <zero> ...``, which
+    starts that launch; fails the test with the output unless it exits 0 (or, with ``kill_at``, is killed there).
+
+    The direct form spares the ``rlhf-pairs`` process, which imports the job (torch, transformers, TRL: 5-10 s of
+    CI a launch) only to start the launcher; one launch here (iterate's) and ``tests/test_packaging.py`` go through
+    it."""
+    flags = ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())]
+    if via_cli:
+        cmd = [sys.executable, "-m", "rlhf_pairs.cli", job, *map(str, args), "--accelerate_config", zero, *flags]
+    else:
+        script = ROOT / "scripts" / f"{JOBS[job][0].rpartition('.')[2]}.py"  # scripts/train_pair_pm.py for train-pm
+        config = ROOT / "recipes" / "accelerate" / f"{zero}.yaml"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *flags, str(script)]
+        cmd += map(str, args)
     env = launch_env(**({"RLHF_PAIRS_KILL_AT": kill_at} if kill_at else {}))
     proc = run_group(cmd, env, cwd, LAUNCH_TIMEOUT_S)
     if kill_at is None:
@@ -124,18 +141,18 @@ def iterate_inputs(shm_op, tmp_path_factory, wide_lm, tiny_pair_lm_path):
     return {"root": tmp_path_factory.mktemp("zero_iterate"), "policy": wide_lm, "judge": tiny_pair_lm_path}
 
 
-def iterate(inputs, out, *extra, kill_at=None):
+def iterate(inputs, out, *extra, kill_at=None, via_cli=False):
     # One round of 4 prompts: 4 pairs, one per process and step, so 2 training steps (a checkpoint after each).
     args = ["--config", "tiny_cpu", "--model_name_or_path", inputs["policy"], "--judge", inputs["judge"],
             "--dataset_name", PROMPTS, "--output_dir", out, "--rounds", "1", "--per_device_train_batch_size", "1",
             *extra]  # fmt: skip
-    return launch("iterate", "zero3", args, inputs["root"], kill_at=kill_at)
+    return launch("iterate", "zero3", args, inputs["root"], kill_at=kill_at, via_cli=via_cli)
 
 
 @pytest.fixture(scope="module")
 def zero3_iterate(iterate_inputs):
     out = iterate_inputs["root"] / "uninterrupted"
-    proc = iterate(iterate_inputs, out)
+    proc = iterate(iterate_inputs, out, via_cli=True)  # the README's command, through `rlhf-pairs`
     return out, proc.stdout
 
 
@@ -276,7 +293,9 @@ def test_train_pairrm_under_zero2_saves_a_pairrm_judge(shm_op, tiny_pairrm_path,
 
 
 @pytest.mark.parametrize(
-    ("job", "zero"), [("online-dpo", "zero3"), ("grpo", "zero3"), ("online-dpo", "zero2")], ids=lambda v: v
+    ("job", "zero"),
+    [("online-dpo", "zero3"), ("grpo", "zero3"), ("online-dpo", "zero2"), ("grpo", "zero2")],
+    ids=lambda v: v,
 )
 def test_online_jobs_train_under_zero(shm_op, job, zero, wide_lm, tiny_pair_lm_path, tmp_path):
     out = tmp_path / job
