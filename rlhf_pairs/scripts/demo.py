@@ -324,13 +324,17 @@ def main(args: argparse.Namespace) -> dict:
         print(judge_check[0])
 
     # ---- one or more rounds of the iterate job ----
-    from rlhf_pairs.scripts import iterate, parse
+    from trl import DPOConfig, ModelConfig, TrlParser
+
+    from rlhf_pairs.configs import IterateConfig, JudgeArguments
     from rlhf_pairs.trainer.iterative import run_loop
 
     root, keep = Path(args.output_dir), getattr(args, "keep_policy", False)
     for label in restore_needed_policies(root, args.rounds, keep):
         print(f"{label}: its weights were removed after an earlier run and are needed again: training it again")
-    loop, metrics = run_loop(*parse(iterate, iterate_arguments(args, policy, judge)))
+    # The iterate job's dataclasses, parsed from the arguments its command line would take (see iterate_arguments).
+    parser = TrlParser((IterateConfig, JudgeArguments, DPOConfig, ModelConfig))
+    loop, metrics = run_loop(*parser.parse_args_into_dataclasses(args=iterate_arguments(args, policy, judge)))
 
     # ---- report ----
     seconds = time.perf_counter() - start

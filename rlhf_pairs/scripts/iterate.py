@@ -1,7 +1,8 @@
 """``rlhf-pairs iterate``: iterative DPO / rejection sampling with a pair judge, resumable stage by stage.
 
-    rlhf-pairs iterate --config tiny_cpu --model_name_or_path POLICY --judge PAIR_LM --dataset_name prompts.jsonl \
-        --output_dir runs/tiny
+    rlhf-pairs tiny-models tiny
+    rlhf-pairs iterate --config tiny_cpu --model_name_or_path tiny/pair_lm --judge tiny/pair_lm \
+        --dataset_name tiny/data/prompts.jsonl --output_dir tiny/iterate
     accelerate launch --config_file recipes/accelerate/zero3.yaml scripts/iterate.py \
         --config recipes/iterative_dpo/llama3-8b-pair-lm.yaml
 
