@@ -332,8 +332,9 @@ def score_examples(
 
 
 def order_verdict(p_first: float) -> int:
-    """+1 when one order's P(first is better) prefers the first response, -1 the second, 0 for exactly 0.5."""
-    return 1 if p_first > 0.5 else -1 if p_first < 0.5 else 0
+    """+1 when one order's P(first is better) prefers the first response, -1 the second, 0 for exactly 0.5 (the
+    package's one tie rule, :func:`~rlhf_pairs.win_rate.pair_outcome`)."""
+    return round(2 * pair_outcome(p_first) - 1)
 
 
 def is_position_consistent(p_first_chosen_first: float, p_first_rejected_first: float) -> bool:

@@ -63,6 +63,7 @@ from typing import Protocol
 
 from rlhf_pairs.data_utils import Prompt, prompt_key, validate_prompt
 from rlhf_pairs.utils.hashing import sha256_json
+from rlhf_pairs.win_rate import pair_outcome
 
 METHODS = ("knockout", "round_robin")
 SKIPPED_TOO_FEW = "fewer than 2 candidates"
@@ -378,12 +379,10 @@ def _pair_up(entrants: list[int]) -> list[Match]:
 
 
 def _winner(a: int, b: int, p: float) -> int:
-    """The winner of a match given p = P(a beats b); an exact tie goes to the lower index."""
-    if p > 0.5:
-        return a
-    if p < 0.5:
-        return b
-    return min(a, b)
+    """The winner of a match given p = P(a beats b) (the package's one tie rule,
+    :func:`~rlhf_pairs.win_rate.pair_outcome`); an exact tie goes to the lower index."""
+    outcome = pair_outcome(p)
+    return a if outcome == 1.0 else b if outcome == 0.0 else min(a, b)
 
 
 def _loser(a: int, b: int, p: float) -> int:

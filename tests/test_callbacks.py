@@ -112,6 +112,16 @@ def test_win_rate_callback_needs_prompts_and_matching_references(tiny_pair_lm_pa
         PairwiseWinRateCallback(judge, trainer)
     with pytest.raises(ValueError, match="2 references for 3 prompts"):
         PairwiseWinRateCallback(judge, trainer, prompts=["a", "b", "c"], references=["x", "y"])
+    # The judge reads the prompts by the rule every job uses: a system turn merged, a rendered chat parsed back.
+    rendered = "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+    system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    callback = PairwiseWinRateCallback(judge, trainer, prompts=[rendered, system])
+    assert callback.judge_prompts == [
+        [{"role": "user", "content": "Hi there"}],
+        [{"role": "user", "content": "Be brief.\n\nHello"}],
+    ]
+    with pytest.raises(ValueError, match=r"prompts\[1\]: .*system"):
+        PairwiseWinRateCallback(judge, trainer, prompts=[rendered, system], system_message="error")
 
 
 class LongerIsBetterTRLJudge:

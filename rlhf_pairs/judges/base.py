@@ -234,7 +234,7 @@ class PairwiseJudge(ABC):
         probs = [1.0 - p if flip else p for p, flip in zip(judged, flips)]
         if return_scores:
             return probs
-        return [0 if p >= 0.5 else 1 for p in probs]
+        return [0 if p >= 0.5 else 1 for p in probs]  # TRL's judge() returns an index: a tie names the first
 
     def _cached_both_orders(
         self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]

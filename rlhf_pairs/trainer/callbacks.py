@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, Trainer, TrainerCallback
 
-from rlhf_pairs.data_utils import Prompt, judge_prompt
+from rlhf_pairs.data_utils import Prompt, prepare_prompts
 from rlhf_pairs.judges.trl_adapter import as_judge
 from rlhf_pairs.ranking import SupportsCompare
 from rlhf_pairs.utils.io import write_json_atomic
@@ -48,7 +48,7 @@ class PairwiseWinRateCallback(TrainerCallback):
         freq: steps between evaluations; default the trainer's ``eval_steps`` (``state.eval_steps``). OnlineDPO's
             evaluation loop cannot run (it feeds raw prompts to the model), so with it set ``freq`` and keep
             ``eval_strategy="no"``. Also runs at ``on_evaluate``, at most once per global step.
-        system_message: how leading system messages reach the judge (see :func:`rlhf_pairs.data_utils.judge_prompt`);
+        system_message: how leading system messages reach the judge (see :func:`rlhf_pairs.data_utils.prepare_prompt`);
             generation always sees the full conversation.
         prefix: metric name prefix.
 
@@ -92,7 +92,8 @@ class PairwiseWinRateCallback(TrainerCallback):
         self.judge = as_judge(judge)
         self.trainer = trainer
         self.prompts = prompts
-        self.judge_prompts = [judge_prompt(p, system_message) for p in prompts]
+        # The one prompt rule of every job (system turns, chat strings rendered with a template parsed back).
+        _, self.judge_prompts, _ = prepare_prompts(prompts, lambda i: f"prompts[{i}]", system_message)
         self.references = references
         self.batch_size = batch_size or trainer.args.per_device_eval_batch_size
         self.freq = freq
