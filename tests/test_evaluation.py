@@ -556,3 +556,13 @@ def test_an_unwritable_output_dir_fails_before_judging(eval_file, tmp_path, monk
         read_only.mkdir(mode=0o555)
         with pytest.raises(PermissionError, match=r"cannot write the outputs into .*read_only"):
             main(eval_args(data, read_only, "oracle"))
+
+
+def test_eval_options_of_the_previous_release_still_parse_with_a_warning(tmp_path):
+    from rlhf_pairs.scripts import eval_judge, parse
+
+    argv = ["--dataset", "d.jsonl", "--split", "filtered", "--output_dir", str(tmp_path), "--judge", "j"]
+    with pytest.warns(FutureWarning, match="`dataset` is deprecated.*`dataset_name`"):
+        config, judge = parse(eval_judge, [*argv, "--temperature", "2.0", "--max_length", "512"])
+    assert (config.dataset_name, config.dataset_test_split) == ("d.jsonl", "filtered")
+    assert (judge.judge, judge.judge_temperature, judge.judge_max_length) == ("j", 2.0, 512)

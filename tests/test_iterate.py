@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from rlhf_pairs.generation import ChatPromptEncoder, GenerationSettings, generate_candidates
 from rlhf_pairs.judges.pair_lm import PairPreferenceJudge
 from rlhf_pairs.pairs import build_dpo_pairs, build_sft_rows
-from rlhf_pairs.scripts import iterate, run
+from rlhf_pairs.scripts import iterate, parse, run
 from rlhf_pairs.scripts.iterate import make_parser
 from rlhf_pairs.testing_utils import build_tiny_pair_lm
 from rlhf_pairs.trainer.iterative_metrics import mean_logged_loss
@@ -621,3 +621,18 @@ def test_dataset_config_picks_the_prompt_configuration(tmp_path):
     for name, expected in (("second", ["b", "c"]), ("first", ["a"])):
         round_prompts, eval_prompts = load_prompts(IterateConfig(dataset_name=str(root), rounds=1, dataset_config=name))
         assert [list(prompts) for prompts in round_prompts] == [expected] and eval_prompts == []
+
+
+def test_iterate_options_of_the_previous_release_still_parse_with_a_warning(tmp_path):
+    argv = ["--dataset", "p.jsonl", "--dataset_split", "train", "--eval_dataset", "e.jsonl", "--eval_split", "dev"]
+    argv += ["--rank_method", "round_robin", "--judge", "j", "--model_name_or_path", "m", "--output_dir", str(tmp_path)]
+    argv += ["--use_cpu", "true", "--bf16", "false"]
+    with pytest.warns(FutureWarning, match="`rank_method` is deprecated.*`ranking_method`"):
+        config, judge, training, model = parse(iterate, argv)
+    assert (config.dataset_name, config.dataset_train_split) == ("p.jsonl", "train")
+    assert (config.eval_dataset_name, config.dataset_test_split, config.ranking_method) == (
+        "e.jsonl",
+        "dev",
+        "round_robin",
+    )
+    assert (judge.judge, model.model_name_or_path, training.output_dir) == ("j", "m", str(tmp_path))
