@@ -85,15 +85,15 @@ def plot_rounds(root: str | Path, metrics: list[dict], path: str | Path | None =
 
 
 def write_section_chart(path: str | Path, report: dict) -> None:
-    """A PNG bar chart of the four section scores and their mean (x100), written atomically."""
-    from rlhf_pairs.evaluation import SECTIONS
-
-    names = [*SECTIONS, "Score"]
-    values = [report["sections"][name] for name in SECTIONS] + [report["score"]]
+    """A PNG bar chart of the report's section scores (RewardBench's four, in the report's order) and their mean
+    (x100), written atomically."""
+    sections = list(report["sections"])
+    names = [*sections, "Score"]
+    values = [report["sections"][name] for name in sections] + [report["score"]]
     heights = [0.0 if v is None else 100 * v for v in values]
     fig = _figure(figsize=(7, 4), dpi=100)
     ax = fig.add_subplot()
-    bars = ax.bar(names, heights, color=["#4c72b0"] * len(SECTIONS) + ["#dd8452"])
+    bars = ax.bar(names, heights, color=["#4c72b0"] * len(sections) + ["#dd8452"])
     for bar, value in zip(bars, values):
         label = "n/a" if value is None else f"{100 * value:.1f}"
         ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
