@@ -58,10 +58,19 @@ def fingerprint(config: RankConfig, judge_args: JudgeArguments) -> dict:
     return record
 
 
-def changed_keys(recorded: dict, current: dict) -> str:
-    """``key (old -> new)`` for every key whose value differs, comma-separated."""
-    keys = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
-    return ", ".join(f"{k} ({recorded.get(k)!r} -> {current.get(k)!r})" for k in keys)
+def changed_keys(recorded: dict, current: dict, prefix: str = "") -> str:
+    """``key (old -> new)`` for every key whose value differs, comma-separated; nested dicts by their dotted keys
+    (``training.learning_rate (1e-05 -> 5e-05)``)."""
+    changes = []
+    for k in sorted(set(recorded) | set(current), key=str):
+        old, new = recorded.get(k), current.get(k)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes.append(changed_keys(old, new, f"{prefix}{k}."))
+        else:
+            changes.append(f"{prefix}{k} ({old!r} -> {new!r})")
+    return ", ".join(changes)
 
 
 def check_rank_rows(rows: list[dict], where, system_message: str = "merge") -> tuple[list, Counter]:

@@ -235,7 +235,9 @@ def test_changed_config_of_a_finished_stage_is_refused_then_redone(inputs, tmp_p
     main(args(inputs, tmp_path, *base))
     candidates = tmp_path / "round_1" / "generate" / "candidates.jsonl"
     generated = candidates.stat().st_mtime_ns
-    with pytest.raises(StageConfigChanged, match=r"round_1/rank .*changed: judge_temperature.*--redo"):
+    with pytest.raises(
+        StageConfigChanged, match=r"round_1/rank .*changed: judge_temperature \(1\.0 -> 2\.0\)\);.*--redo"
+    ):
         main(args(inputs, tmp_path, *base, "--judge_temperature", "2.0"))
     main(args(inputs, tmp_path, *base, "--judge_temperature", "2.0", "--redo", "true"))
     assert candidates.stat().st_mtime_ns == generated  # generation did not depend on the judge: kept
@@ -636,3 +638,13 @@ def test_iterate_options_of_the_previous_release_still_parse_with_a_warning(tmp_
         "round_robin",
     )
     assert (judge.judge, model.model_name_or_path, training.output_dir) == ("j", "m", str(tmp_path))
+
+
+def test_a_changed_stage_names_nested_settings_with_old_and_new_values(tmp_path):
+    stage = Stage(tmp_path, 1, "train", {"training": {"learning_rate": 1e-5, "beta": 0.1}, "mode": "dpo"})
+    staging = stage.staging_dir()
+    stage.commit(staging, {})
+    changed = Stage(tmp_path, 1, "train", {"training": {"learning_rate": 5e-5, "beta": 0.1}, "mode": "dpo"})
+    with pytest.raises(StageConfigChanged, match=r"changed: training\.learning_rate \(1e-05 -> 5e-05\)\);"):
+        changed.check()
+    assert Stage(tmp_path, 1, "train", stage.fingerprint).check()

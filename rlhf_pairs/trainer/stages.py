@@ -66,12 +66,14 @@ class Stage:
         """
         if not self.is_done():
             return False
+        from rlhf_pairs.rank_dataset import changed_keys
+
         recorded = self.record()["fingerprint"]
-        if recorded == json.loads(json.dumps(self.fingerprint, default=str)):
+        current = json.loads(json.dumps(self.fingerprint, default=str))
+        if recorded == current:
             return True
-        keys = sorted(k for k in set(recorded) | set(self.fingerprint) if recorded.get(k) != self.fingerprint.get(k))
         raise StageConfigChanged(
-            f"{self.label} was finished with a different configuration (changed: {', '.join(keys)}); "
+            f"{self.label} was finished with a different configuration (changed: {changed_keys(recorded, current)}); "
             "re-run with the original settings to resume, or pass --redo to recompute it and every later stage"
         )
 
