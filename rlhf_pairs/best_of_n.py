@@ -40,6 +40,7 @@ written. Kill points for resume tests: ``generate:shard`` (after each generation
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from pathlib import Path
 from accelerate.logging import get_logger
 
 from rlhf_pairs.configs import BestOfNConfig, JudgeArguments, RankConfig
-from rlhf_pairs.data_utils import Prompt, describe_prompt_notes, load_prompt_rows, prepare_prompt
+from rlhf_pairs.data_utils import PROMPT_NOTES, Prompt, describe_prompt_notes, load_prompt_rows, prepare_prompt
 from rlhf_pairs.generation import (
     GenerationSettings,
     generate_candidates,
@@ -181,16 +182,16 @@ def generation_fingerprint(config: BestOfNConfig, model_args, prompts: list) -> 
     return json.loads(json.dumps(record, default=str))
 
 
-def load_prompts(config: BestOfNConfig) -> tuple[list[dict], list]:
-    """(input rows, the conversation of each row's ``prompt_column``) of ``config.dataset_name``, read with
-    :func:`~rlhf_pairs.data_utils.load_prompt_rows` (each kind of change to a prompt counted in a warning)."""
+def load_prompts(config: BestOfNConfig) -> tuple[list[dict], list, Counter]:
+    """(input rows, the conversation of each row's ``prompt_column``, the counts of each kind of change to a prompt)
+    of ``config.dataset_name``, read with :func:`~rlhf_pairs.data_utils.load_prompt_rows` (counts also warned)."""
     rows, prompts, notes = load_prompt_rows(
         config.dataset_name, config.prompt_column, config.system_message, config.dataset_config,
         config.dataset_train_split,
     )  # fmt: skip
     for line in describe_prompt_notes(notes, config.system_message):
         logger.warning("%s: %s", config.dataset_name, line)
-    return rows, prompts
+    return rows, prompts, notes
 
 
 def run_best_of_n(config: BestOfNConfig, judge_args: JudgeArguments, model_args) -> dict:
@@ -198,7 +199,8 @@ def run_best_of_n(config: BestOfNConfig, judge_args: JudgeArguments, model_args)
     ``model_args.model_name_or_path`` per prompt of ``config.dataset_name``, ranked with the judge of ``judge_args``,
     into ``config.output``. All processes of a launch call it together; returns the summary on every process:
     ``prompts``, ``candidates``, ``ranked``, ``skipped``, ``comparisons``, ``scored``, ``sanitized``, ``complete``
-    (``False`` after ``max_shards``: the counts of what is not finished are then absent).
+    (``False`` after ``max_shards``: the counts of what is not finished are then absent), and the prompts the one
+    prompt rule changed (``system_merged``, ``system_dropped``, ``rendered_chat_parsed``, ``rendered_chat_unparsed``).
 
     **Assumptions**: all processes see ``output``'s directory; the policy has a chat template.
 
@@ -212,9 +214,10 @@ def run_best_of_n(config: BestOfNConfig, judge_args: JudgeArguments, model_args)
         raise ValueError("`model_name_or_path` (the policy to sample from) is required")
     state = process_state()
     with stop_on_signals():  # Ctrl-C and SIGTERM stop the run for sure; finished shards stay
-        rows, prompts = load_prompts(config)  # a bad input fails here, before the output is touched
+        rows, prompts, notes = load_prompts(config)  # a bad input fails here, before the output is touched
         with main_process_lock(config.output, state):  # one run per output
-            return _run_locked(config, judge_args, model_args, state, rows, prompts)
+            summary = _run_locked(config, judge_args, model_args, state, rows, prompts)
+    return {**summary, **{key: notes[key] for key in PROMPT_NOTES}}
 
 
 def _run_locked(config: BestOfNConfig, judge_args: JudgeArguments, model_args, state, rows, prompts) -> dict:

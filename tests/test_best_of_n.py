@@ -203,8 +203,13 @@ def test_a_stopped_run_resumes_to_an_uninterrupted_runs_output(inputs, tiny_pair
     monkeypatch.delenv("RLHF_PAIRS_INTERRUPT_AT")
     assert len(list(work.glob("candidates-*"))) == 3 and not part.exists()
     assert len(list(Path(f"{work}/ranked.jsonl.shards").glob("shard-*.jsonl"))) == 2
-    cli(["best-of-n", *args])
+    from rlhf_pairs.scripts import best_of_n as best_of_n_script
+    from rlhf_pairs.scripts import run
+
+    summary = run(best_of_n_script, args)
     assert part.read_bytes() == full.read_bytes()
+    # The summary counts the prompts the one prompt rule changed (one system turn merged for the judge).
+    assert (summary["complete"], summary["system_merged"], summary["rendered_chat_parsed"]) == (True, 1, 0)
 
     # The best is the knockout's winner over the job's own candidates (judge prompt: system turn merged).
     rows = read_jsonl(full)

@@ -6,6 +6,7 @@ strings already rendered with a template are parsed back into messages (or named
 import json
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -281,8 +282,11 @@ def test_iterate_keeps_system_turns_for_the_policy_and_checks_them_for_the_judge
     rendered = llama3([SYSTEM, {"role": "user", "content": "Name a tree."}])
     prompts = [MESSAGE_PROMPTS[0], rendered, "Count to three."]
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in prompts])
-    rounds, _ = load_prompts(IterateConfig(dataset_name=str(data), rounds=1))
+    notes = Counter()
+    rounds, _ = load_prompts(IterateConfig(dataset_name=str(data), rounds=1), notes)
     assert rounds == [[MESSAGE_PROMPTS[0], [SYSTEM, {"role": "user", "content": "Name a tree."}], "Count to three."]]
+    merged = sum(p[0]["role"] == "system" for p in (MESSAGE_PROMPTS[0], rounds[0][1]))
+    assert (notes["rendered_chat_parsed"], notes["system_merged"]) == (1, merged)  # counted for the run's record
     with pytest.raises(ValueError, match=r"prompts.jsonl, line 1: `prompt` starts with a system message"):
         load_prompts(IterateConfig(dataset_name=str(data), rounds=1, system_message="error"))
 
@@ -396,6 +400,8 @@ def test_iterate_runs_on_prompts_with_system_turns_and_rendered_chats(tiny_pair_
             "--dataset_name", data, "--output_dir", out]  # fmt: skip
     metrics = run(iterate, list(map(str, argv)))
     assert metrics[0]["eval/win_rate"] is not None
+    notes = json.loads((out / "iterate_config.json").read_text())["prompt_notes"]
+    assert notes["rendered_chat_parsed"] == 1 and notes["system_merged"] >= 2  # the run records what it changed
     candidates = read_jsonl(out / "round_1" / "generate" / "candidates.jsonl")
     assert candidates[0]["prompt"] == MESSAGE_PROMPTS[0]  # the system turn is kept for the policy
     assert candidates[4]["prompt"] == [SYSTEM, {"role": "user", "content": "Describe a fox."}]

@@ -36,13 +36,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections import Counter
 from pathlib import Path
 
 from accelerate.logging import get_logger
 from accelerate.utils.memory import clear_device_cache
 
 from rlhf_pairs.configs import IterateConfig, JudgeArguments, RankConfig
-from rlhf_pairs.data_utils import judge_prompt
+from rlhf_pairs.data_utils import PROMPT_NOTES, judge_prompt
 from rlhf_pairs.generation import GenerationSettings, generate_sharded, hf_generator, vllm_generator
 from rlhf_pairs.pairs import build_dpo_pairs, build_sft_rows
 from rlhf_pairs.trainer.iterative_metrics import RoundLogger, collect_metrics, start_trackers, write_metrics
@@ -117,7 +118,8 @@ class IterativeLoop:
         # One run per output_dir, for the whole run (released by cleanup, or when the process dies).
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(main_process_lock(self.root, self.state))
-        self.round_prompts, self.eval_prompts = load_prompts(self.config)
+        self.prompt_notes = Counter(dict.fromkeys(PROMPT_NOTES, 0))  # prompts the one prompt rule changed, by kind
+        self.round_prompts, self.eval_prompts = load_prompts(self.config, self.prompt_notes)
         self.stages = plan_stages(
             self.root, self.config, self.judge_args, self.args, self.model_args, self.round_prompts, self.eval_prompts
         )
@@ -137,6 +139,7 @@ class IterativeLoop:
     def _config_record(self) -> dict:
         return {
             "iterate": dataclasses.asdict(self.config),
+            "prompt_notes": dict(self.prompt_notes),
             "judge": dataclasses.asdict(self.judge_args),
             "training": self.args.to_dict(),
             "model": dataclasses.asdict(self.model_args),

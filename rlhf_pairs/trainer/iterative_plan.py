@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from enum import Enum
 from pathlib import Path
 
@@ -42,12 +43,13 @@ NOT_RESULT_FIELDS = {
 NOT_RESULT_PREFIXES = ("logging_", "hub_", "push_to_hub", "save_", "trackio_")
 
 
-def load_prompts(config: IterateConfig) -> tuple[list[list], list]:
+def load_prompts(config: IterateConfig, notes: Counter | None = None) -> tuple[list[list], list]:
     """(training prompts of each round, held-out eval prompts) as :class:`IterateConfig`'s data fields describe.
 
     Prompts are read with :func:`~rlhf_pairs.data_utils.prepare_prompt`, the rule of every job: a chat string
     already rendered with a recognised template becomes its messages (the policy renders them with its own
-    template), system turns stay (the judge gets them per ``system_message``); each kind is counted in a warning.
+    template), system turns stay (the judge gets them per ``system_message``); each kind is counted in a warning,
+    and added to ``notes`` when given (per :data:`~rlhf_pairs.data_utils.PROMPT_NOTES` key, over every source read).
 
     Raises ``ValueError`` naming the source (and line) for an empty dataset, a missing prompt column, an invalid
     prompt (a system turn with ``system_message: error``), or too few prompts for ``rounds`` x
@@ -59,14 +61,16 @@ def load_prompts(config: IterateConfig) -> tuple[list[list], list]:
             raise ValueError("with a per-round `dataset_name` template, give held-out prompts as `eval_dataset_name`")
         sources = [cfg.dataset_name.format(round=k) for k in range(1, cfg.rounds + 1)]
         round_prompts = [
-            _prompts(cfg, source, cfg.dataset_train_split, cfg.dataset_config)[: per_round or None]
+            _prompts(cfg, source, cfg.dataset_train_split, cfg.dataset_config, notes)[: per_round or None]
             for source in sources
         ]
         prompts = []
     else:
-        round_prompts, prompts = [], _prompts(cfg, cfg.dataset_name, cfg.dataset_train_split, cfg.dataset_config)
+        round_prompts, prompts = [], _prompts(cfg, cfg.dataset_name, cfg.dataset_train_split, cfg.dataset_config, notes)
     if cfg.eval_dataset_name:
-        eval_prompts = _prompts(cfg, cfg.eval_dataset_name, cfg.dataset_test_split)[: cfg.num_eval_prompts or None]
+        eval_prompts = _prompts(cfg, cfg.eval_dataset_name, cfg.dataset_test_split, None, notes)[
+            : cfg.num_eval_prompts or None
+        ]
     elif prompts:
         if cfg.num_eval_prompts >= len(prompts):
             raise ValueError(
@@ -88,10 +92,14 @@ def load_prompts(config: IterateConfig) -> tuple[list[list], list]:
     return round_prompts, eval_prompts
 
 
-def _prompts(config: IterateConfig, source: str, split: str, dataset_config: str | None = None) -> list:
+def _prompts(
+    config: IterateConfig, source: str, split: str, dataset_config: str | None = None, counts: Counter | None = None
+) -> list:
     _, prompts, notes = load_prompt_rows(source, config.prompt_column, config.system_message, dataset_config, split)
     for line in describe_prompt_notes(notes, config.system_message):
         logger.warning("%s: %s", source, line)
+    if counts is not None:
+        counts.update(notes)
     return prompts
 
 
