@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_pairs.scripts import run
 
     args = argv[1:]
+    if "-h" in args or "--help" in args:  # the short help: no parser, launcher or torch to load
+        run(module, args)
+        return 0
     launcher, job_args = split_launch_args(args, job_flags(module))
     if launcher:
         return launch(module, launcher, job_args)

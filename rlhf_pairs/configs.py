@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_pairs.data_utils import SYSTEM_MESSAGE_MODES
+from rlhf_pairs.judges.constants import CANDIDATE_MAX_LENGTH, MAX_LENGTH, SOURCE_MAX_LENGTH
 from rlhf_pairs.judges.loading import JUDGE_TYPES, is_import_path, resolve_judge_class
-from rlhf_pairs.judges.pairrm import CANDIDATE_MAX_LENGTH, MAX_LENGTH, SOURCE_MAX_LENGTH
 from rlhf_pairs.pairs import PAIR_STRATEGIES
 from rlhf_pairs.ranking import METHODS
 

@@ -117,3 +117,59 @@ def test_the_demo_offline_without_its_model_is_one_line(tmp_path, monkeypatch, c
     )
     assert "pass --policy a local model (`rlhf-pairs tiny-models`" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_every_jobs_help_is_instant_it_imports_no_torch_transformers_or_trl():
+    """``rlhf-pairs <job> --help`` is built from the script's ``DATACLASSES`` (``rlhf_pairs.configs``), not from its
+    ``TrlParser``: nothing heavy is imported, for every job."""
+    import subprocess
+    import sys
+
+    code = (
+        "import contextlib, io, json, sys\nfrom rlhf_pairs.cli import JOBS, main\nhelps = {}\n"
+        "for job in JOBS:\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "        main([job, '--help'])\n"
+        "    helps[job] = out.getvalue()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'accelerate', 'datasets') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from rlhf_pairs.judges import PairRMJudge, load_judge  # the judges' public names still import\n"
+        "print(json.dumps(helps))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    helps = json.loads(proc.stdout)
+    for job, text in helps.items():
+        assert text.startswith(f"usage: rlhf-pairs {job} "), (job, text[:200])
+    assert "--ranking_method (default: knockout)" in helps["rank"]
+    assert "--judge_type (default: pair_lm)" in helps["rank"]
+    assert "plus the options of trl.GRPOConfig, trl.ModelConfig: rlhf-pairs grpo --help-all" in helps["grpo"]
+    assert "output_dir" in helps["tiny-models"]
+
+
+@pytest.mark.parametrize("argv", [[], ["--mode", "rejection_sampling"]], ids=["dpo", "rejection_sampling"])
+def test_the_short_help_names_the_dataclasses_the_parser_holds(argv):
+    """A script's ``DATACLASSES`` and ``LIBRARY_CONFIGS`` (what the short help shows) are its parser's dataclasses."""
+    import importlib
+
+    from rlhf_pairs.cli import JOBS
+
+    for path, _ in JOBS.values():
+        module = importlib.import_module(path)
+        if not hasattr(module, "DATACLASSES"):
+            continue
+        kwargs = {"argv": argv} if getattr(module, "PARSER_READS_ARGV", False) else {}
+        types = module.make_parser(**kwargs).dataclass_types
+        assert tuple(c for c in types if c.__module__.startswith("rlhf_pairs.")) == module.DATACLASSES, path
+        library = [f"{c.__module__.split('.')[0]}.{c.__name__}" for c in types if c not in module.DATACLASSES]
+        named = getattr(module, "LIBRARY_CONFIGS", ())
+        assert len(named) == len(library) and all(name in ", ".join(named) for name in library), (path, library)
+
+
+def test_the_configs_pairrm_budgets_are_the_judges():
+    from rlhf_pairs.judges import constants, pairrm
+
+    for name in ("SOURCE_MAX_LENGTH", "CANDIDATE_MAX_LENGTH", "MAX_LENGTH"):
+        assert getattr(constants, name) is getattr(pairrm, name), name  # one definition, re-exported
+    assert constants.MAX_LENGTH == 2048

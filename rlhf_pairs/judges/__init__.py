@@ -1,26 +1,52 @@
-from rlhf_pairs.judges.base import PairwiseJudge, RewardJudge
-from rlhf_pairs.judges.loading import JUDGE_TYPES, load_judge
-from rlhf_pairs.judges.modeling_pairrm import DebertaV2PairRM
-from rlhf_pairs.judges.pair_lm import PairPreferenceFormatter, PairPreferenceJudge
-from rlhf_pairs.judges.pairrm import PAIRRM_FORMATS, PairRMEncoder, PairRMJudge
-from rlhf_pairs.judges.remote import RemoteJudge, RemoteRewardJudge
-from rlhf_pairs.judges.reward_model import RewardModelJudge
-from rlhf_pairs.judges.trl_adapter import TRLJudgeAdapter, as_judge
+"""The judges. The public names below load on first use (PEP 562): ``import rlhf_pairs.judges.loading`` (what the
+configs need to check ``judge_type``) imports no torch or transformers; ``from rlhf_pairs.judges import X`` works as
+before."""
 
-__all__ = [
-    "JUDGE_TYPES",
-    "PAIRRM_FORMATS",
-    "DebertaV2PairRM",
-    "PairPreferenceFormatter",
-    "PairPreferenceJudge",
-    "PairRMEncoder",
-    "PairRMJudge",
-    "PairwiseJudge",
-    "RemoteJudge",
-    "RemoteRewardJudge",
-    "RewardJudge",
-    "RewardModelJudge",
-    "TRLJudgeAdapter",
-    "as_judge",
-    "load_judge",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "JUDGE_TYPES": "loading",
+    "load_judge": "loading",
+    "PairwiseJudge": "base",
+    "RewardJudge": "base",
+    "DebertaV2PairRM": "modeling_pairrm",
+    "PairPreferenceFormatter": "pair_lm",
+    "PairPreferenceJudge": "pair_lm",
+    "PAIRRM_FORMATS": "pairrm",
+    "PairRMEncoder": "pairrm",
+    "PairRMJudge": "pairrm",
+    "RemoteJudge": "remote",
+    "RemoteRewardJudge": "remote",
+    "RewardModelJudge": "reward_model",
+    "TRLJudgeAdapter": "trl_adapter",
+    "as_judge": "trl_adapter",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from rlhf_pairs.judges.base import PairwiseJudge, RewardJudge  # noqa: F401
+    from rlhf_pairs.judges.loading import JUDGE_TYPES, load_judge  # noqa: F401
+    from rlhf_pairs.judges.modeling_pairrm import DebertaV2PairRM  # noqa: F401
+    from rlhf_pairs.judges.pair_lm import PairPreferenceFormatter, PairPreferenceJudge  # noqa: F401
+    from rlhf_pairs.judges.pairrm import PAIRRM_FORMATS, PairRMEncoder, PairRMJudge  # noqa: F401
+    from rlhf_pairs.judges.remote import RemoteJudge, RemoteRewardJudge  # noqa: F401
+    from rlhf_pairs.judges.reward_model import RewardModelJudge  # noqa: F401
+    from rlhf_pairs.judges.trl_adapter import TRLJudgeAdapter, as_judge  # noqa: F401

@@ -19,8 +19,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+from typing import TYPE_CHECKING
 
-from rlhf_pairs.judges.base import PairwiseJudge
+if TYPE_CHECKING:  # imported by the configs at argument parsing: no torch here
+    from rlhf_pairs.judges.base import PairwiseJudge
 
 logger = logging.getLogger(__name__)
 

@@ -9,13 +9,11 @@ import torch
 
 from rlhf_pairs.data_utils import Prompt, as_messages
 from rlhf_pairs.judges.base import PairwiseJudge, check_pair_inputs, progress_bar
+from rlhf_pairs.judges.constants import CANDIDATE_MAX_LENGTH, MAX_LENGTH, SOURCE_MAX_LENGTH  # noqa: F401 (re-exported)
 from rlhf_pairs.judges.modeling_pairrm import DebertaV2PairRM, use_sdpa_attention
 from rlhf_pairs.tokenization import SafeEncoder, batches_by_tokens, pad_batch, resolve_device_and_dtype
 
 SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX = "<|source|>", "<|candidate1|>", "<|candidate2|>"
-SOURCE_MAX_LENGTH = 1224
-CANDIDATE_MAX_LENGTH = 412
-MAX_LENGTH = SOURCE_MAX_LENGTH + 2 * CANDIDATE_MAX_LENGTH  # 2048
 
 DEFAULT_PAIRRM = "llm-blender/PairRM-hf"  # what PairRMJudge() loads (TRL's PairRMJudge() loaded llm-blender/PairRM)
 

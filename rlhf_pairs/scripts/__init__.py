@@ -2,6 +2,11 @@
 parsed dataclasses. ``rlhf-pairs <job>``, ``python -m rlhf_pairs.scripts.<job>`` and ``accelerate launch
 scripts/<job>.py`` reach the same ``main``; nothing in the library imports a script.
 
+A job parsed by a ``TrlParser`` names its dataclasses at module level: ``DATACLASSES`` (this package's, from
+``rlhf_pairs.configs``) and ``LIBRARY_CONFIGS`` (the names of TRL's or transformers' configs its parser adds). A
+script imports torch, transformers, TRL and accelerate only inside its functions, so that ``rlhf-pairs <job> --help``
+(:func:`short_help`) is instant.
+
 Recipes ship inside the package (``rlhf_pairs/recipes/<job>/*.yaml``, launcher configs in
 ``rlhf_pairs/recipes/accelerate/``), so ``--config`` takes a path or a shipped recipe's name.
 """
@@ -115,14 +120,19 @@ def rename_deprecated(argv: list[str], renamed: dict[str, str]) -> tuple[list[st
 def parse(module, argv: list[str] | None = None) -> tuple:
     """Parse ``argv`` (default ``sys.argv[1:]``) with the script ``module``'s parser: a ``TrlParser`` reads
     ``--config`` (a path or a shipped recipe's name) as defaults that flags override. Option names the job renamed
-    (``module.RENAMED``: old -> new) still work, with a ``FutureWarning``. Returns what ``main`` takes."""
+    (``module.RENAMED``: old -> new) still work, with a ``FutureWarning``. Returns what ``main`` takes.
+
+    ``--help`` prints :func:`short_help` before any parser is built (no TRL, torch or transformers to import);
+    ``--help-all`` is the parser's own help, every option."""
     import tempfile
 
     import yaml
-    from trl import TrlParser
 
     argv = resolve_config_argument(sys.argv[1:] if argv is None else argv, module.RECIPES)
     argv, renamed_config = rename_deprecated(argv, getattr(module, "RENAMED", {}))
+    if hasattr(module, "DATACLASSES") and ("-h" in argv or "--help" in argv):
+        print(short_help(module))
+        raise SystemExit(0)
     with tempfile.TemporaryDirectory() as tmp:
         if renamed_config is not None:  # the recipe with its deprecated keys renamed, parsed in its place
             config = Path(tmp) / "config.yaml"
@@ -134,11 +144,8 @@ def parse(module, argv: list[str] | None = None) -> tuple:
         kwargs = {"argv": argv} if getattr(module, "PARSER_READS_ARGV", False) else {}
         parser = module.make_parser(prog=f"rlhf-pairs {job_name(module)}", **kwargs)
         short_errors(parser, module)
-        if isinstance(parser, TrlParser) and ("-h" in argv or "--help" in argv):
-            print(short_help(module, parser))
-            raise SystemExit(0)
         argv = ["--help" if a == "--help-all" else a for a in argv]
-        if isinstance(parser, TrlParser):
+        if hasattr(parser, "parse_args_and_config"):  # a TrlParser
             *parsed, from_config, from_flags = parser.parse_args_and_config(
                 args=argv, return_remaining_strings=True, separate_remaining_strings=True
             )
@@ -161,11 +168,9 @@ def job_name(module) -> str:
     return next((job for job, (path, _) in JOBS.items() if path == name), name.rsplit(".", 1)[-1])
 
 
-def short_usage(module, parser) -> str:
+def short_usage(module) -> str:
     """The job's usage in one line (argparse's own, for a parser holding a trainer config, runs to 100-200 lines)."""
-    from trl import TrlParser
-
-    config = "[--config RECIPE] " if isinstance(parser, TrlParser) else ""
+    config = "[--config RECIPE] " if hasattr(module, "DATACLASSES") else ""
     return f"usage: rlhf-pairs {job_name(module)} {config}[--OPTION VALUE ...]"
 
 
@@ -175,17 +180,16 @@ def short_errors(parser, module) -> None:
     job = job_name(module)
 
     def error(message: str):
-        sys.stderr.write(
-            f"{short_usage(module, parser)}\nrlhf-pairs {job}: error: {message}\nsee `rlhf-pairs {job} --help`\n"
-        )
+        sys.stderr.write(f"{short_usage(module)}\nrlhf-pairs {job}: error: {message}\nsee `rlhf-pairs {job} --help`\n")
         raise SystemExit(2)
 
     parser.error = error
 
 
-def short_help(module, parser) -> str:
-    """The job's own options, one group per dataclass of this package, with the library configs (TRL's trainer
-    config, ``ModelConfig``) behind a pointer to ``--help-all``."""
+def short_help(module) -> str:
+    """The job's own options, one group per dataclass of this package (``module.DATACLASSES``), with the library
+    configs (``module.LIBRARY_CONFIGS``: TRL's trainer config, ``ModelConfig``) behind a pointer to ``--help-all``.
+    Built without the job's parser, so that it imports no TRL, torch or transformers."""
     import dataclasses
     import re
 
@@ -193,25 +197,21 @@ def short_help(module, parser) -> str:
         return re.sub(r":\w+:`~?([^`]*)`", r"\1", text).replace("``", "")
 
     job = job_name(module)
-    lines = [short_usage(module, parser), ""]
+    lines = [short_usage(module), ""]
     doc = plain(module.__doc__ or "").strip().splitlines()
     if doc:
         lines += [doc[0], ""]
     lines += [f"--config RECIPE  a YAML file, or a shipped recipe: {', '.join(shipped_recipes(module.RECIPES)) or '-'}"]
-    library = []
-    for cls in parser.dataclass_types:
-        if not cls.__module__.startswith("rlhf_pairs."):
-            library.append(cls)
-            continue
+    for cls in module.DATACLASSES:
         summary = " ".join(plain(cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
         lines += ["", f"{cls.__name__}: {summary}"]
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else "required"
             lines.append(f"  --{f.name} (default: {default})")
             lines.append(f"      {f.metadata.get('help', '')}")
+    library = getattr(module, "LIBRARY_CONFIGS", ())
     if library:
-        names = ", ".join(f"{c.__module__.split('.')[0]}.{c.__name__} ({len(dataclasses.fields(c))})" for c in library)
-        lines += ["", f"plus the options of {names}: rlhf-pairs {job} --help-all"]
+        lines += ["", f"plus the options of {', '.join(library)}: rlhf-pairs {job} --help-all"]
     lines += [
         "",
         "Flags override the recipe's values. Launch on several processes: --accelerate_config NAME --num_processes N.",

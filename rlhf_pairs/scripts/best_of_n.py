@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import argparse
 
-from rlhf_pairs.best_of_n import run_best_of_n
 from rlhf_pairs.configs import BestOfNConfig, JudgeArguments
 
 RECIPES = "best_of_n"
+DATACLASSES = (BestOfNConfig, JudgeArguments)
+LIBRARY_CONFIGS = ("trl.ModelConfig",)
 
 
 def main(script_args: BestOfNConfig, judge_args: JudgeArguments, model_args) -> dict:
     """Write the best of ``num_candidates`` samples per prompt to ``script_args.output``; returns the summary."""
+    from rlhf_pairs.best_of_n import run_best_of_n
+
     return run_best_of_n(script_args, judge_args, model_args)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     from trl import ModelConfig, TrlParser
 
-    dataclass_types = (BestOfNConfig, JudgeArguments, ModelConfig)
+    dataclass_types = (*DATACLASSES, ModelConfig)
     if subparsers is not None:
         return subparsers.add_parser(
             "best-of-n", help="Best-of-n sampling ranked by a judge", dataclass_types=dataclass_types

@@ -47,29 +47,18 @@ import json
 import time
 from pathlib import Path
 
-from accelerate.logging import get_logger
-
 from rlhf_pairs.configs import EvalConfig, JudgeArguments
 from rlhf_pairs.data_utils import PROMPT_NOTES, load_rows
-from rlhf_pairs.evaluation import (
-    SECTIONS,
-    build_report,
-    check_rewardbench_rows,
-    format_percent,
-    format_report,
-    score_examples,
-)
 from rlhf_pairs.scripts import RENAMED_JUDGE_OPTIONS
 from rlhf_pairs.utils.faults import kill_point, stop_on_signals
 from rlhf_pairs.utils.io import write_jsonl_atomic, write_text_atomic
 from rlhf_pairs.utils.locking import main_process_lock
 from rlhf_pairs.utils.plotting import write_section_chart
 
-logger = get_logger(__name__)  # logs on the main process only (main() creates the state first)
-
 # Options of the previous release, renamed to the names every job shares (still accepted, with a warning).
 RENAMED = {"dataset": "dataset_name", "split": "dataset_test_split", **RENAMED_JUDGE_OPTIONS}
 RECIPES = "eval"
+DATACLASSES = (EvalConfig, JudgeArguments)
 REPORT_FILE, EXAMPLES_FILE, TABLE_FILE, CHART_FILE = "report.json", "per_example.jsonl", "report.md", "sections.png"
 OUTPUT_FILES = (REPORT_FILE, EXAMPLES_FILE, TABLE_FILE, CHART_FILE)
 
@@ -77,6 +66,7 @@ OUTPUT_FILES = (REPORT_FILE, EXAMPLES_FILE, TABLE_FILE, CHART_FILE)
 def main(config: EvalConfig, judge_args: JudgeArguments) -> dict:
     """Evaluate ``judge_args.judge`` on ``config.dataset_name``; writes the outputs and returns the report (every
     process), with ``pairs_per_second`` and ``output_dir`` added."""
+    from rlhf_pairs.evaluation import check_rewardbench_rows
     from rlhf_pairs.utils.distributed import process_state
 
     state = process_state()
@@ -125,7 +115,12 @@ def _check_writable(out: Path, state) -> None:
 
 
 def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[dict], out: Path, notes: dict) -> dict:
+    from accelerate.logging import get_logger
     from accelerate.utils import gather_object, tqdm
+
+    from rlhf_pairs.evaluation import SECTIONS, build_report, format_percent, format_report, score_examples
+
+    logger = get_logger(__name__)  # logs on the main process only (main() creates the state first)
 
     # ------------------------------------------------------------------ judge
     starts = list(range(0, len(rows), config.shard_size))
@@ -190,7 +185,7 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     from trl import TrlParser
 
-    dataclass_types = (EvalConfig, JudgeArguments)
+    dataclass_types = DATACLASSES
     if subparsers is not None:
         return subparsers.add_parser("eval", help="Evaluate a pair judge", dataclass_types=dataclass_types)
     return TrlParser(dataclass_types, prog=prog)

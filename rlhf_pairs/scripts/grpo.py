@@ -17,14 +17,17 @@ from __future__ import annotations
 import argparse
 
 from rlhf_pairs.configs import JudgeArguments, OnlineConfig
-from rlhf_pairs.trainer.online import train_with_pair_judge
 
 RECIPES = "grpo"
+DATACLASSES = (OnlineConfig, JudgeArguments)
+LIBRARY_CONFIGS = ("trl.GRPOConfig", "trl.ModelConfig")
 
 
 def main(script_args: OnlineConfig, judge_args: JudgeArguments, training_args, model_args):
     """Train with the pair judge's reward and save; returns the trainer."""
     from trl import GRPOTrainer
+
+    from rlhf_pairs.trainer.online import train_with_pair_judge
 
     return train_with_pair_judge(script_args, judge_args, training_args, model_args, GRPOTrainer, layout="groups")
 
@@ -32,7 +35,7 @@ def main(script_args: OnlineConfig, judge_args: JudgeArguments, training_args, m
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     from trl import GRPOConfig, ModelConfig, TrlParser
 
-    dataclass_types = (OnlineConfig, JudgeArguments, GRPOConfig, ModelConfig)
+    dataclass_types = (*DATACLASSES, GRPOConfig, ModelConfig)
     if subparsers is not None:
         return subparsers.add_parser(
             "grpo", help="GRPO with pair-judge tournament scores as the reward", dataclass_types=dataclass_types

@@ -17,12 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from accelerate.logging import get_logger
-
 from rlhf_pairs.configs import IterateConfig, JudgeArguments
-from rlhf_pairs.trainer.iterative import run_loop
-
-logger = get_logger(__name__)  # main process only, unless told otherwise
 
 # Options of the previous release, renamed to the names every job shares (still accepted, with a warning).
 RENAMED = {
@@ -33,6 +28,8 @@ RENAMED = {
     "rank_method": "ranking_method",
 }
 RECIPES = "iterative_dpo"
+DATACLASSES = (IterateConfig, JudgeArguments)
+LIBRARY_CONFIGS = ("trl.DPOConfig (trl.SFTConfig with --mode rejection_sampling)", "trl.ModelConfig")
 PARSER_READS_ARGV = True  # the training config's class depends on `mode`
 
 
@@ -61,6 +58,11 @@ def training_mode(argv: list[str] | None) -> str:
 
 def main(script_args: IterateConfig, judge_args: JudgeArguments, training_args, model_args) -> list[dict]:
     """Run every unfinished stage of every round; returns the per-round metrics."""
+    from accelerate.logging import get_logger
+
+    from rlhf_pairs.trainer.iterative import run_loop
+
+    logger = get_logger(__name__)  # main process only, unless told otherwise
     _, metrics = run_loop(script_args, judge_args, training_args, model_args)
     for row in metrics:
         logger.info("round %s: %s", row["round"], json.dumps({k: v for k, v in row.items() if k != "round"}))
@@ -74,7 +76,7 @@ def make_parser(
     from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
 
     training_config = SFTConfig if training_mode(argv) == "rejection_sampling" else DPOConfig
-    dataclass_types = (IterateConfig, JudgeArguments, training_config, ModelConfig)
+    dataclass_types = (*DATACLASSES, training_config, ModelConfig)
     if subparsers is not None:
         return subparsers.add_parser("iterate", help="Iterative DPO with a pair judge", dataclass_types=dataclass_types)
     return TrlParser(dataclass_types, prog=prog)

@@ -18,15 +18,18 @@ import argparse
 import os
 
 from rlhf_pairs.configs import JudgeArguments, OnlineConfig
-from rlhf_pairs.trainer.online import train_with_pair_judge
 
 RECIPES = "online_dpo"
+DATACLASSES = (OnlineConfig, JudgeArguments)
+LIBRARY_CONFIGS = ("trl.OnlineDPOConfig", "trl.ModelConfig")
 
 
 def main(script_args: OnlineConfig, judge_args: JudgeArguments, training_args, model_args):
     """Train with the pair judge's reward and save; returns the trainer."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl.experimental.online_dpo import OnlineDPOTrainer
+
+    from rlhf_pairs.trainer.online import train_with_pair_judge
 
     return train_with_pair_judge(script_args, judge_args, training_args, model_args, OnlineDPOTrainer, layout="pairs")
 
@@ -36,7 +39,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     from trl import ModelConfig, TrlParser
     from trl.experimental.online_dpo import OnlineDPOConfig
 
-    dataclass_types = (OnlineConfig, JudgeArguments, OnlineDPOConfig, ModelConfig)
+    dataclass_types = (*DATACLASSES, OnlineDPOConfig, ModelConfig)
     if subparsers is not None:
         return subparsers.add_parser(
             "online-dpo", help="Online DPO with a pair judge as the reward", dataclass_types=dataclass_types

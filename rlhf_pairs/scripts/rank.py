@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 
 from rlhf_pairs.configs import JudgeArguments, RankConfig
-from rlhf_pairs.rank_dataset import rank_dataset
 from rlhf_pairs.scripts import RENAMED_JUDGE_OPTIONS
 
 # Options of the previous release, renamed to the names every job shares (still accepted, with a warning).
@@ -23,17 +22,20 @@ RENAMED = {
     **RENAMED_JUDGE_OPTIONS,
 }
 RECIPES = "rank"
+DATACLASSES = (RankConfig, JudgeArguments)
 
 
 def main(script_args: RankConfig, judge_args: JudgeArguments) -> dict:
     """Rank ``script_args.dataset_name`` into ``script_args.output``; returns the summary."""
+    from rlhf_pairs.rank_dataset import rank_dataset
+
     return rank_dataset(script_args, judge_args)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     from trl import TrlParser
 
-    dataclass_types = (RankConfig, JudgeArguments)
+    dataclass_types = DATACLASSES
     if subparsers is not None:
         return subparsers.add_parser("rank", help="Rank candidates with a pair judge", dataclass_types=dataclass_types)
     return TrlParser(dataclass_types, prog=prog)

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 RENAMED: dict[str, str] = {}
 RECIPES = "serve_judge"
+DATACLASSES = (ServeJudgeConfig, JudgeArguments)
 
 
 def main(script_args: ServeJudgeConfig, judge_args: JudgeArguments) -> None:
@@ -53,7 +54,7 @@ def main(script_args: ServeJudgeConfig, judge_args: JudgeArguments) -> None:
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     from trl import TrlParser
 
-    dataclass_types = (ServeJudgeConfig, JudgeArguments)
+    dataclass_types = DATACLASSES
     if subparsers is not None:
         return subparsers.add_parser("serve-judge", help="Serve a judge over HTTP", dataclass_types=dataclass_types)
     return TrlParser(dataclass_types, prog=prog)

@@ -12,31 +12,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-
-from trl import ModelConfig, SFTConfig
+from typing import TYPE_CHECKING
 
 from rlhf_pairs.configs import PairPMConfig
-from rlhf_pairs.trainer.pair_pm_data import (
-    RenderedContextFormatter,
-    apply_overlong,
-    comparisons,
-    label_tokens_for,
-    load_preference_splits,
-    pair_context,
-    tokenized_dataset,
-)
-from rlhf_pairs.trainer.pair_pm_trainer import (
-    PairPreferenceSFTTrainer,
-    check_packing,
-    end_of_turn_id,
-    ensure_pad_token,
-    save_merged_lora,
-)
-from rlhf_pairs.utils.models import load_causal_lm, load_tokenizer
+
+if TYPE_CHECKING:
+    from trl import ModelConfig, SFTConfig
 
 logger = logging.getLogger(__name__)
 
 RECIPES = "pair_pm"
+DATACLASSES = (PairPMConfig,)
+LIBRARY_CONFIGS = ("trl.SFTConfig", "trl.ModelConfig")
 
 
 def tokenized_cache_dir() -> str | None:
@@ -51,6 +38,24 @@ def main(script_args: PairPMConfig, training_args: SFTConfig, model_args: ModelC
     """Train, evaluate and save; returns a summary (conversion counts, over-long comparisons, training rows, final
     train loss, final eval metrics)."""
     from trl import get_peft_config
+
+    from rlhf_pairs.trainer.pair_pm_data import (
+        RenderedContextFormatter,
+        apply_overlong,
+        comparisons,
+        label_tokens_for,
+        load_preference_splits,
+        pair_context,
+        tokenized_dataset,
+    )
+    from rlhf_pairs.trainer.pair_pm_trainer import (
+        PairPreferenceSFTTrainer,
+        check_packing,
+        end_of_turn_id,
+        ensure_pad_token,
+        save_merged_lora,
+    )
+    from rlhf_pairs.utils.models import load_causal_lm, load_tokenizer
 
     # ------------------------------------------------------------------ model & tokenizer
     if not model_args.model_name_or_path:
@@ -157,9 +162,9 @@ def main(script_args: PairPMConfig, training_args: SFTConfig, model_args: ModelC
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import TrlParser
+    from trl import ModelConfig, SFTConfig, TrlParser
 
-    dataclass_types = (PairPMConfig, SFTConfig, ModelConfig)
+    dataclass_types = (*DATACLASSES, SFTConfig, ModelConfig)
     if subparsers is not None:
         return subparsers.add_parser("train-pm", help="Train a pair preference LM", dataclass_types=dataclass_types)
     return TrlParser(dataclass_types, prog=prog)

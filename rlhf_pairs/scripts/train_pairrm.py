@@ -12,15 +12,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-
-from transformers import TrainingArguments
+from typing import TYPE_CHECKING
 
 from rlhf_pairs.configs import PairRMTrainConfig
-from rlhf_pairs.trainer.pairrm_trainer import PairRMCollator, PairRMTrainer, load_sources, sample_pairs
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 logger = logging.getLogger(__name__)
 
 RECIPES = "pairrm"
+DATACLASSES = (PairRMTrainConfig,)
+LIBRARY_CONFIGS = ("transformers.TrainingArguments",)
 
 
 def main(config: PairRMTrainConfig, training_args: TrainingArguments) -> dict:
@@ -30,6 +33,7 @@ def main(config: PairRMTrainConfig, training_args: TrainingArguments) -> dict:
 
     from rlhf_pairs.judges.pairrm import DebertaV2PairRM, PairRMEncoder
     from rlhf_pairs.tokenization import resolve_device_and_dtype
+    from rlhf_pairs.trainer.pairrm_trainer import PairRMCollator, PairRMTrainer, load_sources, sample_pairs
 
     # ------------------------------------------------------------------ model & tokenizer
     _, dtype = resolve_device_and_dtype("cpu", config.dtype)
@@ -91,9 +95,10 @@ def main(config: PairRMTrainConfig, training_args: TrainingArguments) -> dict:
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    from transformers import TrainingArguments
     from trl import TrlParser
 
-    dataclass_types = (PairRMTrainConfig, TrainingArguments)
+    dataclass_types = (*DATACLASSES, TrainingArguments)
     if subparsers is not None:
         return subparsers.add_parser("train-pairrm", help="Fine-tune a PairRM", dataclass_types=dataclass_types)
     return TrlParser(dataclass_types, prog=prog)
