@@ -247,3 +247,30 @@ def test_a_failure_on_one_rank_ends_the_run_on_every_rank_with_its_error(gated, 
     shards = Path(f"{out}.shards")
     assert (shards / "shard-00001.jsonl").exists() and not (shards / "shard-00003.jsonl").exists()
     assert not out.exists()
+
+
+def test_job_loggers_log_on_the_main_process_only_and_work_without_a_process_state(monkeypatch, caplog):
+    """rlhf_pairs.utils.distributed.get_logger: accelerate's main-process rule once a process state exists (a
+    2-process launch printed every training-job line twice), a plain logger before one exists."""
+    import logging
+
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    from rlhf_pairs.utils.distributed import get_logger
+
+    logger = get_logger("rlhf_pairs.test_logger")
+    caplog.set_level(logging.INFO, logger="rlhf_pairs.test_logger")
+    monkeypatch.setattr(PartialState, "_shared_state", {})
+    logger.info("no state yet")
+    for rank in (1, 0):
+        state = {"process_index": rank, "num_processes": 2, "distributed_type": DistributedType.MULTI_CPU}
+        monkeypatch.setattr(PartialState, "_shared_state", state)
+        logger.info("main only, rank %d", rank)
+        logger.warning("every rank, rank %d", rank, main_process_only=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "no state yet",
+        "every rank, rank 1",
+        "main only, rank 0",
+        "every rank, rank 0",
+    ]

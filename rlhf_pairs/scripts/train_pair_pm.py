@@ -10,16 +10,16 @@ Features, assumptions and errors: :mod:`rlhf_pairs.trainer.pair_pm_trainer`.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from typing import TYPE_CHECKING
 
 from rlhf_pairs.configs import PairPMConfig
+from rlhf_pairs.utils.distributed import get_logger
 
 if TYPE_CHECKING:
     from trl import ModelConfig, SFTConfig
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # main process only (rlhf_pairs.utils.distributed)
 
 RECIPES = "pair_pm"
 DATACLASSES = (PairPMConfig,)

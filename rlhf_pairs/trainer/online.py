@@ -5,16 +5,16 @@ saved model."""
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
 from rlhf_pairs.configs import JudgeArguments, OnlineConfig
 from rlhf_pairs.data_utils import describe_prompt_notes, load_split, prepare_prompts, row_locator, split_names
 from rlhf_pairs.rewards import PairwiseRewardFunction
+from rlhf_pairs.utils.distributed import get_logger
 from rlhf_pairs.utils.models import load_causal_lm, load_tokenizer
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # main process only (rlhf_pairs.utils.distributed)
 
 
 def load_prompt_splits(args: OnlineConfig):

@@ -34,7 +34,6 @@ Every other position is labelled -100.
 
 from __future__ import annotations
 
-import logging
 import random
 import sys
 from collections import Counter
@@ -45,8 +44,9 @@ from pathlib import Path
 from rlhf_pairs.configs import LABEL_FORMATS, ORDERS, OVERLONG
 from rlhf_pairs.data_utils import Prompt, load_split, validate_prompt
 from rlhf_pairs.judges.pair_lm import PAIR_TEMPLATE, PairPreferenceFormatter
+from rlhf_pairs.utils.distributed import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # main process only (rlhf_pairs.utils.distributed)
 
 LABELS = ("A", "B")
 IGNORE_INDEX = -100

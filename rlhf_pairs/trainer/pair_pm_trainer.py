@@ -36,17 +36,16 @@ attention implementation that lets packed comparisons see each other.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from trl import ModelConfig, SFTTrainer
 
 from rlhf_pairs.trainer.pair_pm_data import (
     RenderedContextFormatter,
 )
+from rlhf_pairs.utils.distributed import get_logger
 from rlhf_pairs.win_rate import pair_outcome
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # main process only (rlhf_pairs.utils.distributed)
 
 # Unused special tokens that a Llama-3-family vocabulary already holds, in order of preference.
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|reserved_special_token_0|>", "<|pad|>", "<pad>", "[PAD]")

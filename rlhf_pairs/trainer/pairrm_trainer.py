@@ -32,7 +32,6 @@ column without ``chosen``/``rejected``: the prompt exists only as rendered text)
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -52,8 +51,9 @@ from rlhf_pairs.trainer.pair_pm_data import (
     split_pairs,
 )
 from rlhf_pairs.trainer.pair_pm_trainer import HeldOutPairwiseAccuracy
+from rlhf_pairs.utils.distributed import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # main process only (rlhf_pairs.utils.distributed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

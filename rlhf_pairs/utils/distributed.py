@@ -19,6 +19,7 @@ Both run under real DeepSpeed in ``tests/test_deepspeed.py`` (2 CPU processes).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from datetime import timedelta
 
@@ -96,3 +97,23 @@ def gathered_parameters(model):
 
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         yield
+
+
+class MainProcessLogger(logging.LoggerAdapter):
+    """What ``accelerate.logging.get_logger`` gives (a record is logged on the main process only, unless the call
+    passes ``main_process_only=False``), also before any process state exists (a library function called outside a
+    job), when accelerate's raises: then every process logs, as a plain logger does. accelerate is imported only when
+    a record is logged, so a module can create its logger at import time and stay light (instant ``--help``)."""
+
+    def log(self, level, msg, *args, main_process_only: bool = True, **kwargs):
+        if main_process_only:
+            from accelerate.state import PartialState
+
+            if PartialState._shared_state and not PartialState().is_main_process:
+                return
+        super().log(level, msg, *args, **kwargs)
+
+
+def get_logger(name: str) -> MainProcessLogger:
+    """The module logger of a job's code: :class:`MainProcessLogger` over ``logging.getLogger(name)``."""
+    return MainProcessLogger(logging.getLogger(name), {})
