@@ -497,9 +497,8 @@ class PairPMConfig:
 
 @dataclass
 class PairRMTrainConfig:
-    """The ``train-pairrm`` job (parsed with transformers' ``TrainingArguments``).
-
-    Model: ``model_name_or_path``, ``dtype``. Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``,
+    """The ``train-pairrm`` job (parsed with transformers' ``TrainingArguments`` and TRL's ``ModelConfig``: the
+    PairRM checkpoint is ``model_name_or_path``, default ``llm-blender/PairRM-hf``, loaded in ``dtype``). Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``,
     ``dataset_test_split``, ``eval_size``, ``max_train_pairs``, ``max_eval_pairs``. Budgets: ``source_max_length``,
     ``max_length`` (the card's 1224 and 2048). Objective: ``loss_type``, ``pairs_per_source``.
     """
@@ -510,10 +509,6 @@ class PairRMTrainConfig:
             "candidate lists (the rank job's output)."
         }
     )
-    model_name_or_path: str = field(
-        default="llm-blender/PairRM-hf", metadata={"help": "PairRM checkpoint (Hub name or local directory)."}
-    )
-    dtype: str = field(default="float32", metadata={"help": "Weights dtype to load (mixed precision via bf16)."})
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str | None = field(

@@ -171,13 +171,15 @@ def test_instructgpt_loss_is_llm_blenders_on_a_hand_computed_batch(tiny_pairrm_p
 
 
 def test_every_recipe_key_is_a_field_of_the_parsed_dataclasses():
-    known = {f.name for cls in (PairRMTrainConfig, TrainingArguments) for f in fields(cls)}
+    from trl import ModelConfig
+
+    known = {f.name for cls in (PairRMTrainConfig, TrainingArguments, ModelConfig) for f in fields(cls)}
     for path in sorted((ROOT / "recipes" / "pairrm").glob("*.yaml")):
         keys = set(yaml.safe_load(path.read_text()))
         assert keys <= known, f"{path.name}: unknown keys {keys - known}"
     from rlhf_pairs.scripts.train_pairrm import make_parser
 
-    config, training = make_parser().parse_args_and_config(
+    config, training, model = make_parser().parse_args_and_config(
         args=[
             "--config",
             str(ROOT / "recipes/pairrm/pairrm-hf.yaml"),
@@ -189,10 +191,8 @@ def test_every_recipe_key_is_a_field_of_the_parsed_dataclasses():
             "true",
         ]
     )
-    assert config.model_name_or_path == "llm-blender/PairRM-hf" and (config.source_max_length, config.max_length) == (
-        1224,
-        2048,
-    )
+    assert (model.model_name_or_path, model.dtype) == ("llm-blender/PairRM-hf", "float32")  # TRL's ModelConfig
+    assert (config.source_max_length, config.max_length) == (1224, 2048)
     assert training.learning_rate == 1e-5
     assert (config.loss_type, config.pairs_per_source) == ("both_orders", 5)
 

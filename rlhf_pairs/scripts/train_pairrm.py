@@ -18,27 +18,31 @@ from rlhf_pairs.utils.distributed import get_logger
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
+    from trl import ModelConfig
 
 logger = get_logger(__name__)  # main process only (rlhf_pairs.utils.distributed)
 
 RECIPES = "pairrm"
 DATACLASSES = (PairRMTrainConfig,)
-LIBRARY_CONFIGS = ("transformers.TrainingArguments",)
+LIBRARY_CONFIGS = ("transformers.TrainingArguments", "trl.ModelConfig")
 
 
-def main(config: PairRMTrainConfig, training_args: TrainingArguments) -> dict:
-    """Fine-tune, evaluate and save; returns a summary (conversion counts, sources, sampled training pairs, final
-    train loss, final eval metrics)."""
+def main(config: PairRMTrainConfig, training_args: TrainingArguments, model_args: ModelConfig) -> dict:
+    """Fine-tune the PairRM ``model_args.model_name_or_path`` (default ``llm-blender/PairRM-hf``), evaluate and
+    save; returns a summary (conversion counts, sources, sampled training pairs, final train loss, final eval
+    metrics)."""
     from transformers import AutoTokenizer
 
-    from rlhf_pairs.judges.pairrm import DebertaV2PairRM, PairRMEncoder
-    from rlhf_pairs.tokenization import resolve_device_and_dtype
+    from rlhf_pairs.judges.pairrm import DEFAULT_PAIRRM, DebertaV2PairRM, PairRMEncoder
     from rlhf_pairs.trainer.pairrm_trainer import PairRMCollator, PairRMTrainer, load_sources, sample_pairs
+    from rlhf_pairs.utils.models import loading_input, model_init_kwargs
 
     # ------------------------------------------------------------------ model & tokenizer
-    _, dtype = resolve_device_and_dtype("cpu", config.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
-    model = DebertaV2PairRM.from_pretrained(config.model_name_or_path, dtype=dtype)
+    name = model_args.model_name_or_path or DEFAULT_PAIRRM
+    init_kwargs = model_init_kwargs(model_args, training_args)
+    with loading_input("--model_name_or_path", name):
+        tokenizer = AutoTokenizer.from_pretrained(name, **{k: v for k, v in init_kwargs.items() if k != "dtype"})
+        model = DebertaV2PairRM.from_pretrained(name, **init_kwargs)
     encoder_kwargs = {"source_max_length": config.source_max_length, "max_length": config.max_length}
     encoder = PairRMEncoder(tokenizer, **encoder_kwargs)
 
@@ -96,9 +100,9 @@ def main(config: PairRMTrainConfig, training_args: TrainingArguments) -> dict:
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     from transformers import TrainingArguments
-    from trl import TrlParser
+    from trl import ModelConfig, TrlParser
 
-    dataclass_types = (*DATACLASSES, TrainingArguments)
+    dataclass_types = (*DATACLASSES, TrainingArguments, ModelConfig)
     if subparsers is not None:
         return subparsers.add_parser("train-pairrm", help="Fine-tune a PairRM", dataclass_types=dataclass_types)
     return TrlParser(dataclass_types, prog=prog)
