@@ -234,7 +234,7 @@ def test_changed_settings_over_finished_work_are_refused(inputs, tiny_pair_lm_pa
     with pytest.raises(ValueError, match=r"changed: generation_temperature \(1\.0 -> 0\.7\)\);.*--overwrite true"):
         job("--generation_temperature", "0.7")
     other = build_tiny_pair_lm(tmp_path / "other-policy", seed=2)
-    with pytest.raises(ValueError, match=r"changed: policy \(.*other-policy"):
+    with pytest.raises(ValueError, match=r"changed: policy\.model_name_or_path \(.*other-policy"):
         job("--model_name_or_path", other)
     assert len(list(Path(f"{out}.work").glob("candidates-*"))) == 1  # refused before touching anything
     job("--generation_temperature", "0.7", "--overwrite", "true")
