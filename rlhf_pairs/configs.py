@@ -262,8 +262,37 @@ class EvalConfig:
         check_choice("system_message", self.system_message, SYSTEM_MESSAGE_MODES)
 
 
+@dataclass(kw_only=True)
+class SamplingArguments:
+    """How a job samples ``num_candidates`` responses per prompt from a policy (``iterate`` and ``best-of-n`` share
+    these fields, their names and their checks): ``num_candidates``, ``generation_temperature``,
+    ``generation_top_p``, ``max_new_tokens``, ``generation_batch_size``, ``generation_backend``, ``vllm_*``."""
+
+    num_candidates: int = field(default=8, metadata={"help": "Candidates sampled per prompt (at least 2, to rank)."})
+    generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (> 0)."})
+    generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
+    max_new_tokens: int = field(default=2048, metadata={"help": "Maximum new tokens per candidate."})
+    generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call (HF backend)."})
+    generation_backend: str = field(default="hf", metadata={"help": f"One of {BACKENDS} (vllm: `vllm` extra)."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size."})
+    vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory share."})
+
+    def __post_init__(self):
+        check_choice("generation_backend", self.generation_backend, BACKENDS)
+        check_positive(self, "generation_batch_size", "max_new_tokens", "vllm_tensor_parallel_size")
+        if self.num_candidates < 2:
+            raise ValueError(f"`num_candidates` must be >= 2 to rank, got {self.num_candidates}")
+        if self.generation_temperature <= 0:
+            raise ValueError(
+                f"`generation_temperature` must be > 0: greedy decoding ({self.generation_temperature}) gives "
+                f"{self.num_candidates} identical candidates"
+            )
+        if not 0 < self.generation_top_p <= 1:
+            raise ValueError(f"`generation_top_p` must be in (0, 1], got {self.generation_top_p}")
+
+
 @dataclass
-class IterateConfig:
+class IterateConfig(SamplingArguments):
     """The ``iterate`` job (parsed with :class:`JudgeArguments`, TRL's ``DPOConfig`` -- ``SFTConfig`` with
     ``mode: rejection_sampling`` -- and ``ModelConfig``).
 
@@ -312,14 +341,6 @@ class IterateConfig:
             "win rate (0 and no eval_dataset_name: no eval stage). With it: use at most this many (0: all)."
         },
     )
-    num_candidates: int = field(default=8, metadata={"help": "Candidates sampled per prompt."})
-    generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
-    max_new_tokens: int = field(default=2048, metadata={"help": "Maximum new tokens per candidate."})
-    generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call (HF backend)."})
-    generation_backend: str = field(default="hf", metadata={"help": f"One of {BACKENDS} (vllm: `vllm` extra)."})
-    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size."})
-    vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory share."})
     shard_size: int = field(default=64, metadata={"help": "Prompts per generation/ranking shard (unit of resume)."})
     ranking_method: str = field(default="knockout", metadata={"help": f"One of {METHODS}."})
     mode: str = field(
@@ -346,19 +367,16 @@ class IterateConfig:
     )
 
     def __post_init__(self):
+        super().__post_init__()
         for name, allowed in (
             ("ranking_method", METHODS),
             ("mode", MODES),
             ("pair_strategy", PAIR_STRATEGIES),
             ("reference", REFERENCES),
-            ("generation_backend", BACKENDS),
             ("system_message", SYSTEM_MESSAGE_MODES),
         ):
             check_choice(name, getattr(self, name), allowed)
-        check_positive(self, "rounds", "shard_size", "generation_batch_size", "max_new_tokens", "eval_max_new_tokens")
-        check_positive(self, "prompts_per_round")
-        if self.num_candidates < 2:
-            raise ValueError(f"`num_candidates` must be >= 2 to rank, got {self.num_candidates}")
+        check_positive(self, "rounds", "shard_size", "eval_max_new_tokens", "prompts_per_round")
         if self.num_eval_prompts < 0:
             raise ValueError(f"`num_eval_prompts` must be >= 0, got {self.num_eval_prompts}")
 
@@ -561,7 +579,7 @@ class PairRMTrainConfig:
 
 
 @dataclass
-class BestOfNConfig:
+class BestOfNConfig(SamplingArguments):
     """The ``best-of-n`` job (parsed with :class:`JudgeArguments` and TRL's ``ModelConfig``, which names the policy:
     ``model_name_or_path``, ``model_revision``, ``dtype``, ``attn_implementation``).
 
@@ -589,14 +607,6 @@ class BestOfNConfig:
             "into the first user turn; error refuses the prompt). The policy always sees them."
         },
     )
-    num_candidates: int = field(default=8, metadata={"help": "Candidates sampled per prompt (the n of best-of-n)."})
-    max_new_tokens: int = field(default=2048, metadata={"help": "Maximum new tokens per candidate."})
-    generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
-    generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call (HF backend)."})
-    generation_backend: str = field(default="hf", metadata={"help": f"One of {BACKENDS} (vllm: `vllm` extra)."})
-    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size."})
-    vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory share."})
     seed: int = field(
         default=0,
         metadata={"help": "Seeds the sampling (per chunk of prompts) and the knockout brackets; results depend on it."},
@@ -625,20 +635,9 @@ class BestOfNConfig:
     )
 
     def __post_init__(self):
-        for name, allowed in (
-            ("ranking_method", METHODS),
-            ("generation_backend", BACKENDS),
-            ("system_message", SYSTEM_MESSAGE_MODES),
-        ):
+        super().__post_init__()
+        for name, allowed in (("ranking_method", METHODS), ("system_message", SYSTEM_MESSAGE_MODES)):
             check_choice(name, getattr(self, name), allowed)
-        check_positive(self, "shard_size", "max_shards", "generation_batch_size", "max_new_tokens")
-        check_positive(self, "vllm_tensor_parallel_size")
-        if self.num_candidates < 2:
-            raise ValueError(f"`num_candidates` must be >= 2 to rank, got {self.num_candidates}")
-        if self.generation_temperature <= 0:
-            raise ValueError(
-                f"`generation_temperature` must be > 0: greedy decoding ({self.generation_temperature}) gives "
-                f"{self.num_candidates} identical candidates"
-            )
+        check_positive(self, "shard_size", "max_shards")
         if Path(self.output).suffix != ".jsonl":
             raise ValueError(f"`output` must end with .jsonl, got {self.output!r}")

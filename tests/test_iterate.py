@@ -648,3 +648,26 @@ def test_a_changed_stage_names_nested_settings_with_old_and_new_values(tmp_path)
     with pytest.raises(StageConfigChanged, match=r"changed: training\.learning_rate \(1e-05 -> 5e-05\)\);"):
         changed.check()
     assert Stage(tmp_path, 1, "train", stage.fingerprint).check()
+
+
+def test_iterate_and_best_of_n_share_their_sampling_fields_and_checks():
+    """One SamplingArguments: the same names, defaults and checks in both jobs (iterate accepted a temperature of 0,
+    which samples identical candidates, and so drops every pair as identical)."""
+    import dataclasses
+
+    from rlhf_pairs.configs import BestOfNConfig, IterateConfig, SamplingArguments
+
+    shared = [f.name for f in dataclasses.fields(SamplingArguments)]
+    for cls, required in (
+        (IterateConfig, {"dataset_name": "p"}),
+        (BestOfNConfig, {"dataset_name": "p", "output": "o.jsonl"}),
+    ):
+        assert [f.name for f in dataclasses.fields(cls)][: len(shared)] == shared
+        for bad, message in (
+            ({"generation_temperature": 0.0}, "`generation_temperature` must be > 0"),
+            ({"generation_top_p": 0.0}, r"`generation_top_p` must be in \(0, 1\]"),
+            ({"num_candidates": 1}, "`num_candidates` must be >= 2"),
+            ({"vllm_tensor_parallel_size": 0}, "`vllm_tensor_parallel_size` must be >= 1"),
+        ):
+            with pytest.raises(ValueError, match=message):
+                cls(**required, **bad)

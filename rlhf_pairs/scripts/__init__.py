@@ -205,7 +205,8 @@ def short_help(module) -> str:
     for cls in module.DATACLASSES:
         summary = " ".join(plain(cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
         lines += ["", f"{cls.__name__}: {summary}"]
-        for f in dataclasses.fields(cls):
+        own = set(getattr(cls, "__annotations__", {}))  # the class's own fields first, then the shared ones
+        for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
             default = f.default if f.default is not dataclasses.MISSING else "required"
             lines.append(f"  --{f.name} (default: {default})")
             lines.append(f"      {f.metadata.get('help', '')}")
