@@ -4,41 +4,33 @@ before."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-# public name -> the submodule that defines it
+from rlhf_pairs.utils.lazy import lazy_exports
+
+# public name -> the submodule that defines it (relative to this package)
 _EXPORTS = {
-    "JUDGE_TYPES": "loading",
-    "load_judge": "loading",
-    "PairwiseJudge": "base",
-    "RewardJudge": "base",
-    "DebertaV2PairRM": "modeling_pairrm",
-    "PairPreferenceFormatter": "pair_lm",
-    "PairPreferenceJudge": "pair_lm",
-    "PAIRRM_FORMATS": "pairrm",
-    "PairRMEncoder": "pairrm",
-    "PairRMJudge": "pairrm",
-    "RemoteJudge": "remote",
-    "RemoteRewardJudge": "remote",
-    "RewardModelJudge": "reward_model",
-    "TRLJudgeAdapter": "trl_adapter",
-    "as_judge": "trl_adapter",
+    "JUDGE_TYPES": ".loading",
+    "load_judge": ".loading",
+    "PairwiseJudge": ".base",
+    "RewardJudge": ".base",
+    "DebertaV2PairRM": ".modeling_pairrm",
+    "PairPreferenceFormatter": ".pair_lm",
+    "PairPreferenceJudge": ".pair_lm",
+    "PAIRRM_FORMATS": ".pairrm",
+    "PairRMEncoder": ".pairrm",
+    "PairRMJudge": ".pairrm",
+    "RemoteJudge": ".remote",
+    "RemoteRewardJudge": ".remote",
+    "RewardModelJudge": ".reward_model",
+    "TRLJudgeAdapter": ".trl_adapter",
+    "as_judge": ".trl_adapter",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
