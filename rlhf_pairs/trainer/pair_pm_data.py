@@ -37,9 +37,10 @@ from __future__ import annotations
 import random
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from rlhf_pairs.configs import LABEL_FORMATS, ORDERS, OVERLONG
 from rlhf_pairs.data_utils import Prompt, load_split, validate_prompt
@@ -47,6 +48,7 @@ from rlhf_pairs.judges.pair_lm import PAIR_TEMPLATE, PairPreferenceFormatter
 from rlhf_pairs.utils.distributed import get_logger
 
 logger = get_logger(__name__)  # main process only (rlhf_pairs.utils.distributed)
+T = TypeVar("T")
 
 LABELS = ("A", "B")
 IGNORE_INDEX = -100
@@ -256,28 +258,38 @@ def pair_from_row(row: dict) -> PreferencePair:
     return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected)
 
 
+def convert_rows(rows: Iterable[dict], convert: Callable[[dict], T]) -> tuple[list[T], ConversionStats]:
+    """``convert(row)`` of every row it does not drop (it raises :class:`RowDropped` with the reason), and the counts
+    of the rows read, kept (``pairs``) and dropped by reason."""
+    stats = ConversionStats()
+    kept: list[T] = []
+    for row in rows:
+        stats.rows += 1
+        try:
+            kept.append(convert(row))
+        except RowDropped as dropped:
+            stats.dropped[str(dropped)] += 1
+    stats.pairs = len(kept)
+    return kept, stats
+
+
 def preference_pairs(rows: Iterable[dict], schema: str | None = None) -> tuple[list[PreferencePair], ConversionStats]:
     """Filtered :class:`PreferencePair` s of ``rows`` (either schema, detected from the first row when ``schema`` is
     None), and the counts of what was dropped and why."""
-    stats = ConversionStats()
-    pairs: list[PreferencePair] = []
-    for row in rows:
+
+    def convert(row: dict) -> PreferencePair:
+        nonlocal schema
         if schema is None:
             schema = detect_schema(list(row))
-        stats.rows += 1
-        try:
-            if schema == "messages":
-                context, response_a, response_b, label = parse_comparison(row["messages"])
-                if response_a == response_b:
-                    raise RowDropped("identical_responses")
-                chosen, rejected = (response_a, response_b) if label == "A" else (response_b, response_a)
-                pairs.append(PreferencePair(None, chosen, rejected, context=context, label=label))
-            else:
-                pairs.append(pair_from_row(row))
-        except RowDropped as dropped:
-            stats.dropped[str(dropped)] += 1
-    stats.pairs = len(pairs)
-    return pairs, stats
+        if schema != "messages":
+            return pair_from_row(row)
+        context, response_a, response_b, label = parse_comparison(row["messages"])
+        if response_a == response_b:
+            raise RowDropped("identical_responses")
+        chosen, rejected = (response_a, response_b) if label == "A" else (response_b, response_a)
+        return PreferencePair(None, chosen, rejected, context=context, label=label)
+
+    return convert_rows(rows, convert)
 
 
 def load_preference_splits(args, seed: int, schema: str | None = None, trainer: str = "this job"):

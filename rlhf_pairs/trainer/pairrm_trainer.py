@@ -47,6 +47,7 @@ from rlhf_pairs.trainer.pair_pm_data import (
     ConversionStats,
     PreferencePair,
     RowDropped,
+    convert_rows,
     load_preference_splits,
     split_pairs,
 )
@@ -113,16 +114,7 @@ def source_from_row(row: dict, scores_column: str = "rewards") -> CandidateSourc
 def candidate_sources(rows: Iterable[dict]) -> tuple[list[CandidateSource], ConversionStats]:
     """Filtered :class:`CandidateSource` s of candidate-list rows and the counts of what was dropped and why
     (``ConversionStats.pairs`` counts sources)."""
-    stats = ConversionStats()
-    sources = []
-    for row in rows:
-        stats.rows += 1
-        try:
-            sources.append(source_from_row(row))
-        except RowDropped as dropped:
-            stats.dropped[str(dropped)] += 1
-    stats.pairs = len(sources)
-    return sources, stats
+    return convert_rows(rows, source_from_row)
 
 
 def sample_pairs(
