@@ -264,10 +264,19 @@ class EvalConfig:
 
 @dataclass(kw_only=True)
 class SamplingArguments:
-    """How a job samples ``num_candidates`` responses per prompt from a policy (``iterate`` and ``best-of-n`` share
-    these fields, their names and their checks): ``num_candidates``, ``generation_temperature``,
-    ``generation_top_p``, ``max_new_tokens``, ``generation_batch_size``, ``generation_backend``, ``vllm_*``."""
+    """How a job reads its prompts and samples ``num_candidates`` responses per prompt from a policy (``iterate`` and
+    ``best-of-n`` share these fields, their names and their checks): ``prompt_column``, ``system_message``,
+    ``num_candidates``, ``generation_temperature``, ``generation_top_p``, ``max_new_tokens``,
+    ``generation_batch_size``, ``generation_backend``, ``vllm_*``."""
 
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt (str or messages)."})
+    system_message: str = field(
+        default="merge",
+        metadata={
+            "help": f"Leading system turns of message prompts, for the judge: one of {SYSTEM_MESSAGE_MODES} (merge "
+            "into the first user turn; error refuses the prompt). The policy always sees them."
+        },
+    )
     num_candidates: int = field(default=8, metadata={"help": "Candidates sampled per prompt (at least 2, to rank)."})
     generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (> 0)."})
     generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
@@ -278,6 +287,7 @@ class SamplingArguments:
     vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory share."})
 
     def __post_init__(self):
+        check_choice("system_message", self.system_message, SYSTEM_MESSAGE_MODES)
         check_choice("generation_backend", self.generation_backend, BACKENDS)
         check_positive(self, "generation_batch_size", "max_new_tokens", "vllm_tensor_parallel_size")
         if self.num_candidates < 2:
@@ -317,14 +327,6 @@ class IterateConfig(SamplingArguments):
         default=None, metadata={"help": "Dataset configuration name of `dataset_name` (Hub)."}
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Split of `dataset_name`."})
-    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt (str or messages)."})
-    system_message: str = field(
-        default="merge",
-        metadata={
-            "help": f"Leading system turns of message prompts, for the judge: one of {SYSTEM_MESSAGE_MODES} (merge "
-            "into the first user turn; error refuses the prompt). The policy always sees them."
-        },
-    )
     prompts_per_round: int | None = field(
         default=None,
         metadata={
@@ -373,7 +375,6 @@ class IterateConfig(SamplingArguments):
             ("mode", MODES),
             ("pair_strategy", PAIR_STRATEGIES),
             ("reference", REFERENCES),
-            ("system_message", SYSTEM_MESSAGE_MODES),
         ):
             check_choice(name, getattr(self, name), allowed)
         check_positive(self, "rounds", "shard_size", "eval_max_new_tokens", "prompts_per_round")
@@ -599,14 +600,6 @@ class BestOfNConfig(SamplingArguments):
         default=None, metadata={"help": "Dataset configuration name (datasets' `name`), for Hub or script datasets."}
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Split of `dataset_name`."})
-    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt (str or messages)."})
-    system_message: str = field(
-        default="merge",
-        metadata={
-            "help": f"Leading system turns of message prompts, for the judge: one of {SYSTEM_MESSAGE_MODES} (merge "
-            "into the first user turn; error refuses the prompt). The policy always sees them."
-        },
-    )
     seed: int = field(
         default=0,
         metadata={"help": "Seeds the sampling (per chunk of prompts) and the knockout brackets; results depend on it."},
@@ -636,8 +629,7 @@ class BestOfNConfig(SamplingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name, allowed in (("ranking_method", METHODS), ("system_message", SYSTEM_MESSAGE_MODES)):
-            check_choice(name, getattr(self, name), allowed)
+        check_choice("ranking_method", self.ranking_method, METHODS)
         check_positive(self, "shard_size", "max_shards")
         if Path(self.output).suffix != ".jsonl":
             raise ValueError(f"`output` must end with .jsonl, got {self.output!r}")
