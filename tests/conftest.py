@@ -1,3 +1,4 @@
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -65,6 +66,23 @@ def accuracy(probs):
     from rlhf_pairs.win_rate import pair_outcome
 
     return sum(map(pair_outcome, probs)) / len(probs)
+
+
+@contextlib.contextmanager
+def output_lock_held_elsewhere(path):
+    """Another process holding ``rlhf_pairs.utils.locking.output_lock(path)`` for the block (SIGKILLed at its end,
+    so its lock dies with it); yields the holder's ``Popen``."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom rlhf_pairs.utils.locking import output_lock\n"
+         "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def free_port() -> int:

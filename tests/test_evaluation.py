@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import output_lock_held_elsewhere
 
 from rlhf_pairs import PairPreferenceJudge, PairRMJudge, PairwiseJudge
 from rlhf_pairs.configs import EvalConfig, JudgeArguments
@@ -524,19 +525,10 @@ def test_a_second_eval_on_the_same_output_is_refused(eval_file, tmp_path, monkey
     monkeypatch.setattr(JudgeArguments, "load", no_judge)
     data, _ = eval_file
     out = tmp_path / "eval"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom rlhf_pairs.utils.locking import output_lock\n"
-         "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with output_lock_held_elsewhere(out) as holder:
         with pytest.raises(OutputLocked, match=rf"eval is in use by another run \(pid {holder.pid} on host "):
             main(eval_args(data, out, "oracle"))
         assert not (out / "report.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_an_unwritable_output_dir_fails_before_judging(eval_file, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import output_lock_held_elsewhere
 
 from rlhf_pairs import PairPreferenceJudge, rank_candidates
 from rlhf_pairs.cli import main as cli
@@ -199,22 +200,13 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(candid
     from rlhf_pairs.utils.locking import OutputLocked, output_lock
 
     out = tmp_path / "ranked.jsonl"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom rlhf_pairs.utils.locking import output_lock\n"
-         "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with output_lock_held_elsewhere(out) as holder:
         with pytest.raises(OutputLocked, match=rf"in use by another run \(pid {holder.pid} on host "):
             with output_lock(out):
                 pass
         with pytest.raises(OutputLocked, match=rf"ranked.jsonl is in use by another run \(pid {holder.pid}"):
             cli(rank_args(candidates_file[0], out, tiny_pair_lm_path))
         assert not out.exists()
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     with output_lock(out):  # the dead holder's lock is free again
         with pytest.raises(OutputLocked):
             with output_lock(out):  # and held exclusively, also within one process
