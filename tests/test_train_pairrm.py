@@ -49,6 +49,14 @@ def pairs_as_rows(pairs: list[dict]) -> list[dict]:
     return [{"prompt": p["prompt"], "first": p["chosen"], "second": p["rejected"], "label": 1.0} for p in pairs]
 
 
+def train_tiny_pairrm(model, data, output_dir, *extra: str) -> dict:
+    """The train-pairrm script's ``main`` with the tiny CPU recipe on ``model`` and ``data``; returns its summary."""
+    argv = ["--config", str(ROOT / "recipes/pairrm/tiny-cpu.yaml"), "--model_name_or_path", str(model)]
+    return load_script("train_pairrm").main(
+        [*argv, "--dataset_name", str(data), "--output_dir", str(output_dir), *extra]
+    )
+
+
 def test_batches_hold_both_orders_and_the_loss_is_what_the_judge_reads(tiny_pairrm_path, tmp_path):
     judge = PairRMJudge.from_pretrained(str(tiny_pairrm_path), device="cpu")
     collator = PairRMCollator(judge.encoder, judge.tokenizer.pad_token_id)
@@ -209,20 +217,7 @@ def test_recipe_learns_a_synthetic_preference_and_round_trips_as_a_judge(small_i
     )
 
     out = tmp_path / "out"
-    summary = load_script("train_pairrm").main(
-        [
-            "--config",
-            str(ROOT / "recipes/pairrm/tiny-cpu.yaml"),
-            "--model_name_or_path",
-            str(small_init_pairrm),
-            "--dataset_name",
-            str(data / "train.jsonl"),
-            "--output_dir",
-            str(out),
-            "--disable_tqdm",
-            "true",
-        ]
-    )
+    summary = train_tiny_pairrm(small_init_pairrm, data / "train.jsonl", out, "--disable_tqdm", "true")
     assert summary["conversion"].startswith("320 rows -> 319 pairs; dropped 1 (identical_responses: 1)")
     assert summary["train_pairs"] == 255 and summary["eval_pairs"] == 64  # eval_size 0.2, split by pair
     assert math.isfinite(summary["train_loss"]) and summary["eval"]["eval_pairwise_accuracy"] > 0.75
@@ -250,22 +245,7 @@ def test_ultrafeedback_binarized_format_trains(small_init_pairrm, tmp_path):
     rows[0]["rejected"][0]["content"] = "a different question"  # RLHFlow's filter: equal context
     data = tmp_path / "ultrafeedback.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = load_script("train_pairrm").main(
-        [
-            "--config",
-            str(ROOT / "recipes/pairrm/tiny-cpu.yaml"),
-            "--model_name_or_path",
-            str(small_init_pairrm),
-            "--dataset_name",
-            str(data),
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--max_steps",
-            "2",
-            "--disable_tqdm",
-            "true",
-        ]
-    )
+    summary = train_tiny_pairrm(small_init_pairrm, data, tmp_path / "out", "--max_steps", "2", "--disable_tqdm", "true")
     assert summary["conversion"] == "20 rows -> 19 pairs; dropped 1 (unequal_context: 1)"
     assert summary["train_pairs"] + summary["eval_pairs"] == 19 and math.isfinite(summary["train_loss"])
 
@@ -274,18 +254,7 @@ def test_rlhflow_message_rows_are_refused(small_init_pairrm, tmp_path):
     data = tmp_path / "messages.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "A"}]}))
     with pytest.raises(ValueError, match=r"prompt/chosen/rejected pairs; .*RLHFlow comparison rows"):
-        load_script("train_pairrm").main(
-            [
-                "--config",
-                str(ROOT / "recipes/pairrm/tiny-cpu.yaml"),
-                "--model_name_or_path",
-                str(small_init_pairrm),
-                "--dataset_name",
-                str(data),
-                "--output_dir",
-                str(tmp_path / "o"),
-            ]
-        )
+        train_tiny_pairrm(small_init_pairrm, data, tmp_path / "o")
 
 
 def test_candidate_lists_train_with_llm_blenders_loss_and_sampling(small_init_pairrm, tmp_path):
@@ -298,26 +267,10 @@ def test_candidate_lists_train_with_llm_blenders_loss_and_sampling(small_init_pa
     rows[0]["rewards"] = [1.0] * 4  # all tied: no preference
     data = tmp_path / "ranked.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = load_script("train_pairrm").main(
-        [
-            "--config",
-            str(ROOT / "recipes/pairrm/tiny-cpu.yaml"),
-            "--model_name_or_path",
-            str(small_init_pairrm),
-            "--dataset_name",
-            str(data),
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--loss_type",
-            "instructgpt",
-            "--pairs_per_source",
-            "2",
-            "--max_steps",
-            "2",
-            "--disable_tqdm",
-            "true",
-        ]
-    )
+    summary = train_tiny_pairrm(
+        small_init_pairrm, data, tmp_path / "out",
+        "--loss_type", "instructgpt", "--pairs_per_source", "2", "--max_steps", "2", "--disable_tqdm", "true",
+    )  # fmt: skip
     assert summary["conversion"] == "40 rows -> 39 pairs; dropped 1 (no_preference: 1)"
     assert (summary["train_sources"], summary["eval_pairs"]) == (31, 8)  # eval_size 0.2 of 39 sources
     assert summary["train_pairs"] == 62 and math.isfinite(summary["train_loss"])  # 2 of each source's 3 pairs
