@@ -292,34 +292,45 @@ def preference_pairs(rows: Iterable[dict], schema: str | None = None) -> tuple[l
     return convert_rows(rows, convert)
 
 
-def load_preference_splits(args, seed: int, schema: str | None = None, trainer: str = "this job"):
+def load_preference_splits(
+    args, seed: int, schema: str | None = None, trainer: str = "this job", rows=None
+) -> tuple[list[PreferencePair], list[PreferencePair], ConversionStats]:
     """(training pairs, held-out pairs, the train split's :class:`ConversionStats`) for a pair-model training config
-    (``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``dataset_test_split``, ``eval_size``,
-    ``max_train_pairs``, ``max_eval_pairs``): the held-out pairs are the test split when one is named, else
-    ``eval_size`` pairs of the train split drawn with ``seed``; both lists are cut to their maximum.
+    (:func:`convert_splits`); ``rows``: the train split when the caller has read it already.
 
     ``schema="preference"`` refuses RLHFlow comparison rows (their prompt exists only as rendered text), naming
     ``trainer``. The splits are read by :func:`~rlhf_pairs.data_utils.load_split`, the loader of every job: a bad
     local ``.jsonl``/``.json`` file raises ``ValueError`` naming its file and line. Raises ``ValueError`` when no
     training pair is left."""
-    rows = load_split(args.dataset_name, args.dataset_config, args.dataset_train_split)
+    if rows is None:
+        rows = load_split(args.dataset_name, args.dataset_config, args.dataset_train_split)
     if schema == "preference" and detect_schema(rows.column_names) != "preference":
         raise ValueError(
             f"{trainer} trains on prompt/chosen/rejected pairs; {args.dataset_name!r} has RLHFlow comparison rows "
             f"(columns {rows.column_names}: `messages` without `chosen`/`rejected`), whose prompt is rendered text"
         )
-    pairs, stats = preference_pairs(rows, schema=schema)
-    logger.info("train split: %s", stats.summary())
+    return convert_splits(rows, args, seed, lambda split: preference_pairs(split, schema=schema))
+
+
+def convert_splits(
+    rows, args, seed: int, convert: Callable[[Iterable[dict]], tuple[list[T], ConversionStats]], what: str = "pairs"
+) -> tuple[list[T], list[T], ConversionStats]:
+    """(training items, held-out items, the train split's :class:`ConversionStats`): ``convert`` of ``rows`` (the
+    train split) and of the held-out rows of a pair-model training config (``dataset_name``, ``dataset_config``,
+    ``dataset_test_split``, ``eval_size``, ``max_train_pairs``, ``max_eval_pairs``): the test split when one is named,
+    else ``eval_size`` items of the train split drawn with ``seed``; both lists are cut to their maximum. Each split's
+    counts are logged (``what``: the items' name). Raises ``ValueError`` when no training item is left."""
+    items, stats = convert(rows)
+    logger.info("train split: %s", stats.summary().replace("pairs", what))
     if args.dataset_test_split:
-        eval_rows = load_split(args.dataset_name, args.dataset_config, args.dataset_test_split)
-        eval_pairs, eval_stats = preference_pairs(eval_rows, schema=schema)
-        logger.info("test split: %s", eval_stats.summary())
+        eval_items, eval_stats = convert(load_split(args.dataset_name, args.dataset_config, args.dataset_test_split))
+        logger.info("test split: %s", eval_stats.summary().replace("pairs", what))
     else:
-        pairs, eval_pairs = split_pairs(pairs, args.eval_size, seed)
-    pairs, eval_pairs = pairs[: args.max_train_pairs], eval_pairs[: args.max_eval_pairs]
-    if not pairs:
-        raise ValueError(f"no training pair left in {args.dataset_name!r} ({stats.summary()})")
-    return pairs, eval_pairs, stats
+        items, eval_items = split_pairs(items, args.eval_size, seed)
+    items, eval_items = items[: args.max_train_pairs], eval_items[: args.max_eval_pairs]
+    if not items:
+        raise ValueError(f"no training {what.removesuffix('s')} left in {args.dataset_name!r} ({stats.summary()})")
+    return items, eval_items, stats
 
 
 def split_pairs(pairs: Sequence, eval_size: float, seed: int) -> tuple[list, list]:

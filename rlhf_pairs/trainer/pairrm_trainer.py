@@ -48,14 +48,10 @@ from rlhf_pairs.trainer.pair_pm_data import (
     PreferencePair,
     RowDropped,
     convert_rows,
+    convert_splits,
     load_preference_splits,
-    split_pairs,
 )
 from rlhf_pairs.trainer.pair_pm_trainer import HeldOutPairwiseAccuracy
-from rlhf_pairs.utils.distributed import get_logger
-
-logger = get_logger(__name__)  # main process only (rlhf_pairs.utils.distributed)
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Sources and sampled pairs
@@ -156,19 +152,9 @@ def load_sources(config, seed: int) -> tuple[list[CandidateSource], list[Candida
     ``seed``; ``max_train_pairs``/``max_eval_pairs`` cut the source lists."""
     rows = load_split(config.dataset_name, config.dataset_config, config.dataset_train_split)
     if "responses" not in rows.column_names:
-        pairs, eval_pairs, stats = load_preference_splits(config, seed, schema="preference", trainer="PairRM")
+        pairs, eval_pairs, stats = load_preference_splits(config, seed, "preference", trainer="PairRM", rows=rows)
         return [CandidateSource.from_pair(p) for p in pairs], [CandidateSource.from_pair(p) for p in eval_pairs], stats
-    sources, stats = candidate_sources(rows)
-    logger.info("train split: %s", stats.summary().replace("pairs", "sources"))
-    if config.dataset_test_split:
-        eval_rows = load_split(config.dataset_name, config.dataset_config, config.dataset_test_split)
-        eval_sources, _ = candidate_sources(eval_rows)
-    else:
-        sources, eval_sources = split_pairs(sources, config.eval_size, seed)
-    sources, eval_sources = sources[: config.max_train_pairs], eval_sources[: config.max_eval_pairs]
-    if not sources:
-        raise ValueError(f"no training source left in {config.dataset_name!r} ({stats.summary()})")
-    return sources, eval_sources, stats
+    return convert_splits(rows, config, seed, candidate_sources, what="sources")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
