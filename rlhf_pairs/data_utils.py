@@ -342,7 +342,7 @@ def split_names(name: str, config: str | None = None) -> list[str]:
         return ["train"]
     if (path / "dataset_dict.json").is_file():
         return list(datasets.load_from_disk(str(path)))
-    return list(datasets.get_dataset_split_names(name, config))
+    return list(datasets.get_dataset_split_names(name, config, **_local_folder_cache(path)))
 
 
 def load_split(name: str, config: str | None = None, split: str = "train", line_numbers: list[int] | None = None):
@@ -376,7 +376,28 @@ def load_split(name: str, config: str | None = None, split: str = "train", line_
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     if saved is not None:
         return datasets.load_from_disk(str(saved))
-    return datasets.load_dataset(name, config, split=split)
+    return datasets.load_dataset(name, config, split=split, **_local_folder_cache(path))
+
+
+def _local_folder_cache(path: Path) -> dict:
+    """``{"cache_dir": ...}`` for a local data folder: a cache directory of its own, named after the folder's absolute
+    path and content (:func:`~rlhf_pairs.utils.hashing.local_content_sha256`), so datasets builds it again whenever a
+    file in it changed and never serves another folder's rows; ``{}`` for a Hub name (datasets' own cache and
+    revision pinning apply).
+
+    Why: datasets (seen with 5.1.0 and 5.2.0) caches a local folder whose README declares ``configs:`` under the
+    folder's *name* and the configuration's file *patterns* only (``LocalDatasetModuleFactory`` hashes the builder
+    configs, which hold the patterns, not the files they match). An edited file in such a folder, or another folder
+    with the same name, then returned the rows cached first, silently. Plain folders and single files were re-read.
+    """
+    if not path.is_dir():
+        return {}
+    import datasets
+
+    from rlhf_pairs.utils.hashing import local_content_sha256, sha256_json
+
+    key = sha256_json([str(path.resolve()), local_content_sha256(path)])[:24]
+    return {"cache_dir": str(Path(datasets.config.HF_DATASETS_CACHE) / "rlhf_pairs_local_folders" / key)}
 
 
 def rows_to_dataset(rows: list[dict]):

@@ -60,6 +60,7 @@ from rlhf_pairs.evaluation import (
 )
 from rlhf_pairs.utils.distributed import get_logger, process_state
 from rlhf_pairs.utils.faults import kill_point, stop_on_signals
+from rlhf_pairs.utils.hashing import sha256_json
 from rlhf_pairs.utils.io import write_jsonl_atomic, write_text_atomic
 from rlhf_pairs.utils.locking import main_process_lock
 from rlhf_pairs.utils.plotting import write_section_chart
@@ -146,6 +147,7 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
     metadata = {
         **judge_args.result_fields(),
         **{k: getattr(config, k) for k in ("dataset_name", "dataset_config", "dataset_test_split", "max_examples")},
+        "dataset_sha256": sha256_json(rows),  # what was read: a re-run on edited data is told apart
         "ties": config.ties,
         "system_message": config.system_message,
         "prompt_notes": dict(notes),  # prompts the system-turn rule changed for the judge (prepare_prompt)

@@ -41,6 +41,7 @@ from rlhf_pairs.data_utils import PROMPT_NOTES, describe_prompt_notes, load_rows
 from rlhf_pairs.pairs import preference_columns, ranking_rewards
 from rlhf_pairs.ranking import check_probabilities, rank_candidates_with_stats
 from rlhf_pairs.utils.faults import kill_point, stop_on_signals
+from rlhf_pairs.utils.hashing import sha256_json
 from rlhf_pairs.utils.io import atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic
 from rlhf_pairs.utils.locking import main_process_lock
 
@@ -249,8 +250,10 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
         for k, path in enumerate(shards):
             if path.exists() and not _shard_is_current(path, rows[starts[k] : starts[k] + config.shard_size]):
                 logger.warning(
-                    "%s: its input rows changed since it was ranked (or an older release wrote it); ranking it again",
+                    "%s: its input rows in %s changed since it was ranked (or an older release wrote it); ranking it "
+                    "again",
                     path.name,
+                    config.dataset_name,
                 )
                 path.unlink()
         for path in found:
@@ -291,7 +294,14 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
 
     # ------------------------------------------------------------------ output, joined in input order
     done = all(shard.exists() for shard in shards)
-    summary = {"prompts": len(rows), "shards": len(starts), "complete": done, **notes}
+    # What was read: the rows' digest, so a summary (iterate's stage.json) tells which data it ranked.
+    summary = {
+        "prompts": len(rows),
+        "input_sha256": sha256_json(rows),
+        "shards": len(starts),
+        "complete": done,
+        **notes,
+    }
     if done:
         ranked = [row for shard in shards for row in read_jsonl(shard)]
         if len(ranked) != len(rows):

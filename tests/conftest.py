@@ -4,15 +4,47 @@ import importlib.util
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import types
 from pathlib import Path
 
 import pytest
 
-from rlhf_pairs.testing_utils import build_tiny_pair_lm, build_tiny_pairrm, build_tiny_reward_model
+ROOT = Path(__file__).resolve().parents[1]
+
+# Hermetic caches: every cache a test can reach lives in this session's temporary directory, so no run depends on what
+# an earlier run or another program left in the user's caches (datasets served a same-named folder from there). Set
+# before anything imports datasets, huggingface_hub or transformers, which read these at import; subprocesses inherit
+# them. DeepSpeed's compiled CPU op is a build product, not data: kept in the checkout's .cache (as .ci/run does).
+CACHE_ROOT = Path(tempfile.mkdtemp(prefix="rlhf_pairs-tests-"))
+HERMETIC_CACHES = {
+    "HF_HOME": "huggingface",
+    "HF_DATASETS_CACHE": "huggingface/datasets",
+    "HF_HUB_CACHE": "huggingface/hub",
+    "HF_MODULES_CACHE": "huggingface/modules",
+    "RLHF_PAIRS_CACHE": "rlhf_pairs",
+    "MPLCONFIGDIR": "matplotlib",
+    "XDG_CACHE_HOME": "xdg",
+}
+for _variable, _folder in HERMETIC_CACHES.items():
+    os.environ[_variable] = str(CACHE_ROOT / _folder)
+os.environ.pop("TRANSFORMERS_CACHE", None)  # deprecated; would override HF_HUB_CACHE for transformers
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(CACHE_ROOT, ignore_errors=True)
+
+
+from rlhf_pairs.testing_utils import (  # noqa: E402 - after the cache variables
+    build_tiny_pair_lm,
+    build_tiny_pairrm,
+    build_tiny_reward_model,
+)
 
 # Helpers shared by the training tests (plain functions: import them with `from conftest import ...`).
 NEUTRAL = "the quick brown fox jumps over lazy dog".split()
@@ -105,9 +137,6 @@ def tiny_pairrm_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_reward_model_path(tmp_path_factory):
     return build_tiny_reward_model(tmp_path_factory.mktemp("models") / "tiny-reward-model")
-
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")

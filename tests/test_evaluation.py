@@ -28,6 +28,7 @@ from rlhf_pairs.evaluation import (
     section_scores,
 )
 from rlhf_pairs.scripts import eval_judge, run
+from rlhf_pairs.utils.hashing import sha256_json
 from rlhf_pairs.utils.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,6 +351,7 @@ def test_eval_job_writes_report_examples_table_and_chart(eval_file, tiny_pair_lm
     assert [e["p_chosen"] for e in examples] == pytest.approx(compared, abs=1e-6)
     assert report == json.loads(json.dumps(build_report(examples, report["metadata"])))
     assert report["metadata"]["judge"] == str(tiny_pair_lm_path) and report["num_examples"] == len(rows)
+    assert report["metadata"]["dataset_sha256"] == sha256_json(read_jsonl(data))  # what the job read
     assert report["position"]["consistency"] is not None  # the pair LM's ordered scores are P(first)
     assert summary["pairs_per_second"] > 0 and summary["accuracy"] == report["accuracy"]
     assert (out / "report.md").read_text() == format_report(report)

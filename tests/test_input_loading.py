@@ -122,3 +122,64 @@ def test_the_reward_reads_prompts_as_every_job_does():
         PairwiseRewardFunction(Recording(), layout="groups", system_message="error")(
             prompts=[rendered] * 2, completions=["a", "b"]
         )
+
+
+def two_config_folder(parent: Path, second: list[dict]) -> Path:
+    """A local dataset folder named ``two-configs`` whose README declares two configurations (as on the Hub)."""
+    root = parent / "two-configs"
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "first.jsonl").write_text(json.dumps({"prompt": "a"}) + "\n")
+    (root / "data" / "second.jsonl").write_text("".join(json.dumps(row) + "\n" for row in second))
+    (root / "README.md").write_text(
+        "---\nconfigs:\n- config_name: first\n  data_files: data/first.jsonl\n"
+        "- config_name: second\n  data_files: data/second.jsonl\n---\n"
+    )
+    return root
+
+
+def test_a_local_folder_is_read_as_it_is_on_disk_now(tmp_path):
+    """datasets 5.1/5.2 cache a folder with README configs under its name and config only: another folder with the
+    same name, or an edited file (even one of the same size), returned the rows read first. Before the fix all three
+    reads below after the first returned [{"prompt": "b"}]."""
+    first = two_config_folder(tmp_path / "a", [{"prompt": "b"}])
+    assert load_rows(str(first), "second") == [{"prompt": "b"}]
+    other = two_config_folder(tmp_path / "b", [{"prompt": "B", "responses": ["x"]}])
+    assert load_rows(str(other), "second") == [{"prompt": "B", "responses": ["x"]}]
+    two_config_folder(tmp_path / "a", [{"prompt": "c"}])  # same size, same folder: an edit in place
+    assert load_rows(str(first), "second") == [{"prompt": "c"}]
+    assert load_rows(str(first), "first") == [{"prompt": "a"}]
+    # A config gaining a split is seen too, by the online jobs' split listing.
+    from rlhf_pairs.data_utils import split_names
+
+    assert split_names(str(first), "second") == ["train"]
+    (first / "data" / "second-test.jsonl").write_text(json.dumps({"prompt": "t"}) + "\n")
+    readme = (
+        (first / "README.md")
+        .read_text()
+        .replace(
+            "data_files: data/second.jsonl",
+            "data_files:\n  - split: train\n    path: data/second.jsonl\n  - split: test\n    path: data/second-test.jsonl",
+        )
+    )
+    (first / "README.md").write_text(readme)
+    assert sorted(split_names(str(first), "second")) == ["test", "train"]
+    assert load_rows(str(first), "second", "test") == [{"prompt": "t"}]
+    # A plain folder (no README configs) and hidden files: a hidden file changes nothing datasets reads.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "train.jsonl").write_text(json.dumps({"prompt": "p1"}) + "\n")
+    assert load_rows(str(plain)) == [{"prompt": "p1"}]
+    (plain / "train.jsonl").write_text(json.dumps({"prompt": "p2"}) + "\n")
+    assert load_rows(str(plain)) == [{"prompt": "p2"}]
+
+
+def test_the_test_session_caches_are_its_own():
+    """No test reads or writes the user's caches: datasets, the Hub and our own cache point into the session's
+    temporary directory (set by conftest before anything imported datasets)."""
+    import huggingface_hub
+    from conftest import CACHE_ROOT
+
+    from rlhf_pairs.embedded import default_cache_dir
+
+    for path in (datasets.config.HF_DATASETS_CACHE, huggingface_hub.constants.HF_HUB_CACHE, default_cache_dir()):
+        assert Path(path).is_relative_to(CACHE_ROOT), path

@@ -625,6 +625,32 @@ def test_dataset_config_picks_the_prompt_configuration(tmp_path):
         assert [list(prompts) for prompts in round_prompts] == [expected] and eval_prompts == []
 
 
+def test_prompts_edited_after_a_finished_stage_are_refused_naming_the_input(inputs, tmp_path, monkeypatch):
+    """A re-run after the prompt folder's configuration changed on disk is refused, naming the data, not resumed on
+    last round's prompts (datasets served its cache of the folder before: the re-run went on silently)."""
+    root = tmp_path / "prompts"
+    root.mkdir()
+    (root / "first.jsonl").write_text(json.dumps({"prompt": "unused"}) + "\n")
+    (root / "README.md").write_text(
+        "---\nconfigs:\n- config_name: first\n  data_files: first.jsonl\n"
+        "- config_name: round2\n  data_files: round2.jsonl\n---\n"
+    )
+    (root / "round2.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:4]))
+    argv = args({**inputs, "prompts": root}, tmp_path / "run", "--rounds", "1", "--num_eval_prompts", "0")
+    argv += ["--dataset_config", "round2"]
+    monkeypatch.setenv("RLHF_PAIRS_FAIL_AT", "round_1/generate:committed")
+    with pytest.raises(RuntimeError):
+        main(argv)  # stops right after the generate stage is committed
+    monkeypatch.delenv("RLHF_PAIRS_FAIL_AT")
+    (root / "round2.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[4:8]))
+    with pytest.raises(
+        StageConfigChanged,
+        match=rf"round_1/generate was made from other data: the prompts of round 1 read from '{root}' "
+        r"\(configuration 'round2', split 'train'\) changed since it ran \(changed: prompts_sha256 ",
+    ):
+        main(argv)
+
+
 def test_iterate_options_of_the_previous_release_still_parse_with_a_warning(tmp_path):
     argv = ["--dataset", "p.jsonl", "--dataset_split", "train", "--eval_dataset", "e.jsonl", "--eval_split", "dev"]
     argv += ["--rank_method", "round_robin", "--judge", "j", "--model_name_or_path", "m", "--output_dir", str(tmp_path)]

@@ -103,6 +103,16 @@ def _prompts(
     return prompts
 
 
+def _prompt_source(config: IterateConfig, round_index: int | None) -> str:
+    """Where round ``round_index``'s prompts (``None``: the held-out prompts) are read from, for messages."""
+    cfg = config
+    if round_index is None and cfg.eval_dataset_name:
+        return f"{cfg.eval_dataset_name!r} (split {cfg.dataset_test_split!r})"
+    name = cfg.dataset_name.format(round=round_index) if "{round}" in cfg.dataset_name else cfg.dataset_name
+    configuration = f"configuration {cfg.dataset_config!r}, " if cfg.dataset_config else ""
+    return f"{name!r} ({configuration}split {cfg.dataset_train_split!r})"
+
+
 def _plain(value):
     """``value`` as ``TrainingArguments.to_dict()`` writes it (enums as their values, configs as dicts), then as
     JSON reads it back, so a field's value and its declared default compare alike."""
@@ -173,7 +183,7 @@ def plan_stages(
                 "num_candidates", "generation_temperature", "generation_top_p", "max_new_tokens",
                 "generation_batch_size", "generation_backend", "shard_size",
             )},
-        })  # fmt: skip
+        }, inputs={"prompts_sha256": f"the prompts of round {k} read from {_prompt_source(cfg, k)}"})  # fmt: skip
         rank = Stage(root, k, "rank", {"generate": generate.digest, **judge, "method": cfg.ranking_method})
         pairs = Stage(root, k, "pairs", {
             "rank": rank.digest, "mode": cfg.mode, "pair_strategy": cfg.pair_strategy,
@@ -189,6 +199,6 @@ def plan_stages(
                 "train": train.digest, "previous": policy, "prompts_sha256": sha256_json(eval_prompts),
                 "max_new_tokens": cfg.eval_max_new_tokens or cfg.max_new_tokens,
                 "temperature": cfg.eval_temperature, "seed": seed, **judge,
-            }))  # fmt: skip
+            }, inputs={"prompts_sha256": f"the held-out prompts read from {_prompt_source(cfg, None)}"}))  # fmt: skip
         previous_train = train
     return stages

@@ -36,10 +36,11 @@ def fingerprint_digest(fingerprint: dict) -> str:
 class Stage:
     """One stage directory. ``path`` is the finished stage, ``partial`` its resumable work in progress."""
 
-    def __init__(self, root: str | Path, round_index: int, name: str, fingerprint: dict):
+    def __init__(self, root: str | Path, round_index: int, name: str, fingerprint: dict, inputs: dict | None = None):
         self.round_index = round_index
         self.name = name
         self.fingerprint = fingerprint
+        self.inputs = inputs or {}  # fingerprint key of a content digest -> the data it was read from, for messages
         self.path = Path(root) / f"round_{round_index}" / name
         self.partial = self.path.with_name(f"{name}.partial")
 
@@ -72,6 +73,13 @@ class Stage:
         current = json.loads(json.dumps(self.fingerprint, default=str))
         if recorded == current:
             return True
+        changed_inputs = [what for key, what in self.inputs.items() if recorded.get(key) != current.get(key)]
+        if changed_inputs:
+            raise StageConfigChanged(
+                f"{self.label} was made from other data: {'; '.join(changed_inputs)} changed since it ran (changed: "
+                f"{changed_keys(recorded, current)}); restore that data to resume, or pass --redo to recompute this "
+                "stage and every later one from the data as it is now"
+            )
         raise StageConfigChanged(
             f"{self.label} was finished with a different configuration (changed: {changed_keys(recorded, current)}); "
             "re-run with the original settings to resume, or pass --redo to recompute it and every later stage"
