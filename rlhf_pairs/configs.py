@@ -135,13 +135,35 @@ class JudgeArguments:
 
 @dataclass
 class ServeJudgeConfig:
-    """The ``serve-judge`` job (parsed with :class:`JudgeArguments`): where to listen and how to batch requests.
+    """The ``serve-judge`` job (parsed with :class:`JudgeArguments`): where to listen, who may call, how to batch.
 
-    See :mod:`rlhf_pairs.serving` for the endpoints, batching and several devices.
+    See :mod:`rlhf_pairs.serving` for the endpoints, batching and several devices. Access: with ``api_key`` (default:
+    the ``RLHF_PAIRS_JUDGE_API_KEY`` environment variable) every route but ``/health`` needs ``Authorization: Bearer
+    <key>``; a ``host`` other than a loopback address (127.0.0.0/8, ::1, localhost) needs a key, or
+    ``allow_unauthenticated`` for a closed network. The key is never shown (not in this dataclass's ``repr``).
     """
 
-    host: str = field(default="127.0.0.1", metadata={"help": "Interface to listen on (0.0.0.0: every interface)."})
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "Interface to listen on (0.0.0.0: every interface; any but loopback needs an API key)."},
+    )
     port: int = field(default=8000, metadata={"help": "TCP port."})
+    api_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "help": "Key every request but /health must carry (Authorization: Bearer KEY). Default: the "
+            "RLHF_PAIRS_JUDGE_API_KEY environment variable, the better place: a command line is visible to other "
+            "users (ps)."
+        },
+    )
+    allow_unauthenticated: bool = field(
+        default=False,
+        metadata={
+            "help": "Listen on a non-loopback host without an API key: anyone who reaches the port can use the "
+            "judge (a closed network only)."
+        },
+    )
     devices: str | None = field(
         default=None,
         metadata={
@@ -157,9 +179,40 @@ class ServeJudgeConfig:
     log_level: str = field(default="info", metadata={"help": "uvicorn's log level."})
 
     def __post_init__(self):
+        import os
+
+        from rlhf_pairs.judges.remote import API_KEY_ENV, check_api_key
+
         check_positive(self, "port", "max_batch_rows")
         if self.max_body_mb <= 0:
             raise ValueError(f"`max_body_mb` must be > 0, got {self.max_body_mb}")
+        source = API_KEY_ENV if not self.api_key else "--api_key"
+        self.api_key = self.api_key or os.environ.get(API_KEY_ENV) or None
+        if self.api_key:
+            check_api_key(self.api_key, source)
+            if self.allow_unauthenticated:
+                raise ValueError(
+                    f"--allow_unauthenticated true contradicts the API key set (from {source}): unset one of them"
+                )
+        elif not self.allow_unauthenticated and not self.listens_on_loopback():
+            raise ValueError(
+                f"refusing to serve the judge on {self.host}, a non-loopback address, without an API key: set "
+                f"{API_KEY_ENV} in the server's environment (or --api_key KEY, visible to other users in ps), and the "
+                "same variable for the clients; or --allow_unauthenticated true on a closed network"
+            )
+
+    def listens_on_loopback(self) -> bool:
+        """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``: reachable from this machine
+        only."""
+        import ipaddress
+
+        host = self.host.strip().removeprefix("[").removesuffix("]")
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a host name other than localhost may resolve to anything
+            return False
 
     def device_list(self) -> list[str | None]:
         """The devices to load a judge copy on (``[None]``: the default device)."""

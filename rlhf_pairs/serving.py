@@ -7,7 +7,7 @@ pydantic models, so that a bad request gets exactly the message the local judge 
 
 Endpoints (JSON in, JSON out; floats are written with ``repr``, so they round-trip exactly):
 
-- ``GET /health``: ``{"status": "ok"}``.
+- ``GET /health``: ``{"status": "ok"}``; always open (for load balancers and start-up checks).
 - ``GET /info``: the judge (name, type, class, dtype, devices, max lengths, temperature), whether it is
   ``pointwise`` (has per-response scores), the server's limits (``max_body_bytes``, ``max_batch_rows``) and
   ``merge_requests``.
@@ -15,6 +15,12 @@ Endpoints (JSON in, JSON out; floats are written with ``repr``, so they round-tr
   ``judge.compare``, P(a better than b) per row.
 - ``POST /score`` ``{"prompts", "responses"}`` -> ``{"scores": [...]}``: ``judge.score_responses``, for a
   pointwise judge (a reward model); 404 for a pair judge.
+
+Access: with an API key (``serve-judge --api_key``, or ``RLHF_PAIRS_JUDGE_API_KEY`` in the server's environment) every
+route but ``/health`` needs ``Authorization: Bearer <key>``, compared in constant time before the body is read; a
+missing or wrong key gets 401 with ``WWW-Authenticate: Bearer`` and ``{"error": ...}`` (never the key), and nothing
+else. ``serve-judge`` refuses a non-loopback ``host`` without a key unless ``--allow_unauthenticated true``. The key
+is never logged nor shown by ``/info``.
 
 Errors: 400 with ``{"error": message}`` for malformed JSON or inputs the judge refuses (the message is the judge's
 own ``ValueError``), 413 for a body over ``max_body_bytes``, 500 when the judge fails (an exception, or a value that is
@@ -34,6 +40,7 @@ the clients then split the load themselves).
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' `Request` annotation at definition time.
 import asyncio
+import hmac
 import json
 import logging
 from collections import deque
@@ -44,6 +51,7 @@ from rlhf_pairs.judges.base import check_pair_inputs, check_response_inputs
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+OPEN_PATHS = ("/health",)  # the only route answered without the API key
 ENDPOINTS = {"compare": ("prompts", "responses_a", "responses_b"), "score": ("prompts", "responses")}
 
 
@@ -246,8 +254,44 @@ def _call(judge, kind: str, columns: tuple[list, ...]) -> list[float]:
         raise RuntimeError(str(err)) from None
 
 
-def create_app(server: JudgeServer):
-    """The FastAPI application serving ``server`` (see the module docstring for the endpoints)."""
+class BearerKeyRequired:
+    """ASGI middleware: every HTTP request but to :data:`OPEN_PATHS` must carry ``Authorization: Bearer <api_key>``.
+
+    The header is compared in constant time (``hmac.compare_digest`` on bytes) before anything reads the body; a
+    missing or wrong key gets 401, ``WWW-Authenticate: Bearer`` and ``{"error": ...}``, whatever the route (an
+    unknown one included), and the application never sees the request. The key is in no ``repr`` and no message.
+    """
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self._key = api_key.encode()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.app!r})"
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        tokens = [value for name, value in scope["headers"] if name.lower() == b"authorization"]
+        scheme, _, token = tokens[0].partition(b" ") if len(tokens) == 1 else (b"", b"", b"")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        error = "wrong API key" if tokens else "this judge server needs an API key"
+        body = json.dumps({"error": f"{error}: send the header `Authorization: Bearer <key>`"}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b"Bearer"),
+        ]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(server: JudgeServer, api_key: str | None = None):
+    """The FastAPI application serving ``server`` (see the module docstring for the endpoints), behind
+    :class:`BearerKeyRequired` when ``api_key`` is set."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -302,13 +346,14 @@ def create_app(server: JudgeServer):
     async def score(request: Request):
         return await handle(request, "score", "scores")
 
-    return app
+    # Wrapped rather than added with app.add_middleware, whose Middleware entries show their arguments in a repr.
+    return BearerKeyRequired(app, api_key) if api_key else app
 
 
-def serve(server: JudgeServer, host: str, port: int, log_level: str = "info") -> None:
-    """Run ``server`` with uvicorn until interrupted."""
+def serve(server: JudgeServer, host: str, port: int, log_level: str = "info", api_key: str | None = None) -> None:
+    """Run ``server`` with uvicorn until interrupted; with ``api_key``, only for requests that carry it."""
     try:
         import uvicorn
     except ImportError as err:
         raise ImportError("serve-judge needs the serve extra: pip install 'rlhf-pairs[serve]'") from err
-    uvicorn.run(create_app(server), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(server, api_key), host=host, port=port, log_level=log_level)

@@ -1,22 +1,29 @@
-"""A judge served over HTTP (issue 19): a real ``serve-judge`` process on the loopback interface, and its clients."""
+"""A judge served over HTTP (issue 19): a real ``serve-judge`` process on the loopback interface, and its clients;
+a server with an API key answers only who holds it (issue 27)."""
 
 import asyncio
+import http.client
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import free_port
 
-from rlhf_pairs.configs import JudgeArguments
+from rlhf_pairs.configs import JudgeArguments, ServeJudgeConfig
 from rlhf_pairs.judges import RemoteJudge, RemoteRewardJudge, load_judge
 from rlhf_pairs.judges.base import check_pair_inputs
+from rlhf_pairs.judges.remote import API_KEY_ENV
 from rlhf_pairs.ranking import rank_candidates_with_stats
 from rlhf_pairs.serving import JudgeServer
 from rlhf_pairs.utils.io import read_jsonl
@@ -35,18 +42,24 @@ B = ["I love you!", "The answer is 42.", "Red."]
 
 
 class Server:
-    """``rlhf-pairs serve-judge`` in a child process; ``url`` once ``/health`` answers."""
+    """``rlhf-pairs serve-judge`` in a child process; ``url`` once ``/health`` answers. ``env`` is added to the
+    child's environment, which never inherits an API key from ours; ``output()`` is what it printed so far."""
 
-    def __init__(self, judge, judge_type="pair_lm", *extra, port=None):
+    def __init__(self, judge, judge_type="pair_lm", *extra, port=None, env=None):
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://127.0.0.1:{self.port}"  # also reaches a server bound to 0.0.0.0
         cmd = [sys.executable, "-m", "rlhf_pairs.scripts.serve_judge", "--judge", str(judge)]
         cmd += ["--judge_type", judge_type, "--port", str(self.port), "--log_level", "warning", *map(str, extra)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        child_env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV} | {"PYTHONUNBUFFERED": "1"} | (env or {})
+        self._log_dir = Path(tempfile.mkdtemp(prefix="serve-judge-"))
+        self._log = self._log_dir / "output.txt"
+        self._output = None
+        with open(self._log, "w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"serve-judge exited {self.proc.returncode}:\n{self.proc.stdout.read()[-4000:]}")
+                raise AssertionError(f"serve-judge exited {self.proc.returncode}:\n{self.output()[-4000:]}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
                     assert json.loads(response.read()) == {"status": "ok"}
@@ -56,21 +69,31 @@ class Server:
         self.stop()
         raise AssertionError("serve-judge did not start within 120 s")
 
+    def output(self) -> str:
+        return self._output if self._output is not None else self._log.read_text()
+
     def info(self) -> dict:
         with urllib.request.urlopen(self.url + "/info", timeout=10) as response:
             return json.loads(response.read())
 
     def post(self, path: str, body: bytes) -> tuple[int, dict]:
-        request = urllib.request.Request(self.url + path, data=body, method="POST")
+        status, reply, _ = self.call("POST", path, body)
+        return status, reply
+
+    def call(self, method: str, path: str, body: bytes | None = None, authorization: str | None = None):
+        """``(status, JSON reply, headers)`` of one request, with ``authorization`` as its Authorization header."""
+        headers = {"Authorization": authorization} if authorization is not None else {}
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
+                return response.status, json.loads(response.read()), response.headers
         except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
+            return err.code, json.loads(err.read()), err.headers
 
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
+        self._keep_output()
 
     def stop(self):
         if self.proc.poll() is None:
@@ -79,6 +102,12 @@ class Server:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._keep_output()
+
+    def _keep_output(self):
+        if self._output is None:
+            self._output = self._log.read_text()
+            shutil.rmtree(self._log_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -424,3 +453,156 @@ def test_one_worker_per_device_shares_the_queue():
     assert results == [[0.5 + 0.01 * i] for i in range(4)]
     assert sorted(judges[0].rows + judges[1].rows) == ["0", "1", "2", "3"] and judges[0].rows and judges[1].rows
     assert elapsed < 0.2 * 4  # the two copies worked at the same time
+
+
+# ---- a served judge answers only who holds its key (issue 27) ----
+
+KEY = f"key-{secrets.token_urlsafe(24)}"  # unique: found in an output only if it leaked there
+WRONG_KEY = f"wrong-{secrets.token_urlsafe(24)}"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_pair_lm_path):
+    """A server whose key comes from its environment, as recommended; it logs at info (access lines included)."""
+    server = Server(
+        tiny_pair_lm_path, "pair_lm", "--merge_requests", "false", "--log_level", "info", env={API_KEY_ENV: KEY}
+    )
+    yield server
+    server.stop()
+    assert KEY not in server.output()
+
+
+def test_a_keyed_server_answers_only_who_holds_its_key(keyed_server):
+    compare = json.dumps({"prompts": ["p"], "responses_a": ["a"], "responses_b": ["b"]}).encode()
+    score = json.dumps({"prompts": ["p"], "responses": ["a"]}).encode()
+    assert keyed_server.call("GET", "/health")[:2] == (200, {"status": "ok"})  # open: start-up checks, balancers
+    refused = [None, "", "Bearer", "Bearer ", f"Bearer {WRONG_KEY}", f"Bearer {KEY[:-1]}", f"Bearer {KEY}x",
+               f"Basic {KEY}", KEY]  # fmt: skip
+    routes = [("GET", "/info", None), ("POST", "/compare", compare), ("POST", "/score", score),
+              ("GET", "/docs", None), ("GET", "/openapi.json", None), ("GET", "/no-such-route", None)]  # fmt: skip
+    for method, path, body in routes:
+        for authorization in refused:
+            status, reply, headers = keyed_server.call(method, path, body, authorization)
+            assert (status, headers["WWW-Authenticate"], list(reply)) == (401, "Bearer", ["error"]), (path, reply)
+            assert KEY not in json.dumps(reply) and "Authorization: Bearer" in reply["error"]
+    status, info, _ = keyed_server.call("GET", "/info", authorization=f"Bearer {KEY}")
+    assert status == 200 and info["judge_type"] == "pair_lm" and KEY not in json.dumps(info)
+    status, reply, _ = keyed_server.call("POST", "/compare", compare, f"bearer {KEY}")  # the scheme has no case
+    assert status == 200 and len(reply["probabilities"]) == 1
+    status, reply, _ = keyed_server.call("POST", "/score", score, f"Bearer {KEY}")
+    assert status == 404 and "no per-response scores" in reply["error"]  # past the key: the route's own answer
+    # The key is checked before the body is read: a request announcing 1000 bytes and sending none is answered at
+    # once (a server reading the body first would wait for it).
+    connection = http.client.HTTPConnection("127.0.0.1", keyed_server.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/compare")
+        connection.putheader("Content-Length", "1000")
+        connection.putheader("Authorization", f"Bearer {WRONG_KEY}")
+        connection.endheaders()
+        assert connection.getresponse().status == 401
+    finally:
+        connection.close()
+    output = keyed_server.output()
+    assert "API key required" in output and '"POST /compare HTTP/1.1" 401' in output  # the log has the refusals...
+    assert KEY not in output and WRONG_KEY not in output  # ...but not the keys
+
+
+def test_the_client_sends_the_key_from_the_environment_and_never_shows_it(
+    keyed_server, local_pair_judge, tiny_pair_lm_path, tmp_path, monkeypatch, caplog
+):
+    from rlhf_pairs.scripts import rank, run
+
+    caplog.set_level("DEBUG")
+    monkeypatch.setenv(API_KEY_ENV, KEY)
+    remote = load_judge("remote", keyed_server.url)
+    local_pair_judge.clear_cache()
+    assert remote.compare(PROMPTS, A, B) == local_pair_judge.compare(PROMPTS, A, B)
+    served = JudgeArguments(judge=keyed_server.url, judge_type="remote").result_fields()
+    assert served["served"]["judge"] == str(tiny_pair_lm_path)
+    # A job end to end: its outputs, shards and fingerprints hold no trace of the key.
+    data = tmp_path / "candidates.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": p, "responses": [a, b, "c"]}) + "\n" for p, a, b in zip(PROMPTS, A, B))
+    )
+    out = tmp_path / "ranked.jsonl"
+    summary = run(rank, ["--dataset_name", str(data), "--judge_type", "remote", "--judge", keyed_server.url,
+                         "--output", str(out), "--shard_size", "2"])  # fmt: skip
+    assert summary["complete"] and len(read_jsonl(out)) == len(PROMPTS)
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert len(written) > 2 and not [path for path in written if KEY.encode() in path.read_bytes()]
+    shown = [repr(remote), json.dumps(remote.info), json.dumps(served), json.dumps(summary, default=str)]
+    assert KEY not in "".join(shown)
+
+    # The argument overrides the environment; without a key, or with a wrong one, a clear error without the keys.
+    monkeypatch.delenv(API_KEY_ENV)
+    assert RemoteJudge(keyed_server.url, api_key=KEY).compare(PROMPTS[:1], A[:1], B[:1]) == remote.compare(
+        PROMPTS[:1], A[:1], B[:1]
+    )
+    with pytest.raises(PermissionError, match=rf"{keyed_server.url} requires an API key .*set {API_KEY_ENV}"):
+        RemoteJudge(keyed_server.url)
+    monkeypatch.setenv(API_KEY_ENV, WRONG_KEY)
+    errors = []
+    for attempt in (
+        lambda: RemoteJudge(keyed_server.url),  # at /info
+        lambda: RemoteJudge(keyed_server.url, info=remote.info).compare(PROMPTS, A, B),  # at /compare
+        lambda: load_judge("remote", keyed_server.url),
+        lambda: JudgeArguments(judge=keyed_server.url, judge_type="remote").result_fields(),
+    ):
+        with pytest.raises(PermissionError, match=rf"judge server {keyed_server.url} refused the API key") as err:
+            attempt()
+        assert API_KEY_ENV in str(err.value)
+        errors.append(str(err.value))
+    with pytest.raises(ValueError, match="printable ASCII without spaces") as err:
+        RemoteJudge(keyed_server.url, api_key=f"{KEY} {WRONG_KEY}")
+    errors.append(str(err.value))
+    assert KEY not in "".join(errors) + caplog.text and WRONG_KEY not in "".join(errors) + caplog.text
+
+
+def test_a_non_loopback_host_without_a_key_is_refused_before_the_judge_loads(tmp_path, monkeypatch):
+    missing_judge = tmp_path / "no-such-judge"  # loading it would fail with a message naming it
+    cmd = [sys.executable, "-m", "rlhf_pairs.scripts.serve_judge", "--judge", str(missing_judge)]
+    env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
+    proc = subprocess.run([*cmd, "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == ""
+    (error,) = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert "refusing to serve the judge on 0.0.0.0, a non-loopback address, without an API key" in error
+    assert f"set {API_KEY_ENV}" in error and "--api_key" in error and "--allow_unauthenticated true" in error
+    assert "no-such-judge" not in proc.stderr  # the judge was never looked at
+
+    # Which hosts are loopback (127.0.0.0/8, ::1, localhost); the check is the config's, at argument parsing.
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    for host in ("127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LocalHost"):
+        assert ServeJudgeConfig(host=host).api_key is None
+    for host in ("0.0.0.0", "::", "192.168.1.10", "10.0.0.7", "judge-host"):
+        with pytest.raises(ValueError, match="non-loopback address, without an API key"):
+            ServeJudgeConfig(host=host)
+    assert ServeJudgeConfig(host="0.0.0.0", allow_unauthenticated=True).api_key is None
+
+    # The key: from the environment by default, or the flag; never in the config's repr.
+    monkeypatch.setenv(API_KEY_ENV, KEY)
+    config = ServeJudgeConfig(host="0.0.0.0")
+    assert config.api_key == KEY and "api_key" not in repr(config) and KEY not in repr(config)
+    from rlhf_pairs.scripts import parse, serve_judge, short_help
+
+    parsed, _ = parse(serve_judge, ["--judge", str(missing_judge), "--host", "::", "--api_key", WRONG_KEY])
+    assert parsed.api_key == WRONG_KEY and WRONG_KEY not in repr(parsed)  # the flag wins over the environment
+    help_text = " ".join(short_help(serve_judge).split())
+    assert (
+        f"Default: the {API_KEY_ENV} environment variable" in help_text and "visible to other users (ps)" in help_text
+    )
+    with pytest.raises(ValueError, match="contradicts the API key set") as contradiction:
+        ServeJudgeConfig(host="0.0.0.0", allow_unauthenticated=True)
+    with pytest.raises(ValueError, match="printable ASCII without spaces") as bad:
+        ServeJudgeConfig(api_key=f"{KEY}\n")
+    assert KEY not in str(contradiction.value) + str(bad.value)
+
+
+def test_allow_unauthenticated_serves_every_interface_and_says_so(tiny_pair_lm_path):
+    server = Server(tiny_pair_lm_path, "pair_lm", "--host", "0.0.0.0", "--allow_unauthenticated", "true")
+    try:
+        assert server.info()["judge"] == str(tiny_pair_lm_path)  # no key asked
+    finally:
+        server.stop()
+    (line,) = [line for line in server.output().splitlines() if line.startswith("serve-judge:")]
+    assert "at http://0.0.0.0:" in line and "UNAUTHENTICATED (--allow_unauthenticated)" in line

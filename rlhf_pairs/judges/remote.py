@@ -6,15 +6,23 @@ per-response scores (a reward model), :meth:`RemoteJudge.from_pretrained` return
 also has ``score_responses``, so ranking sorts by score as it does in-process. One ``compare`` call is one request
 (a tournament round stays one request), split only when its body would exceed the server's ``max_body_bytes``.
 
+Authentication: a server started with an API key (``RLHF_PAIRS_JUDGE_API_KEY`` in its environment, or
+``serve-judge --api_key``) answers only requests with ``Authorization: Bearer <key>``. The client reads the key from
+``RLHF_PAIRS_JUDGE_API_KEY`` (the ``api_key`` argument overrides it) and sends it on every request (not on a
+redirect); a 401 raises ``PermissionError`` naming the URL and the variable to set. The key never appears in a log
+line, a ``repr``, an exception message or ``info`` (so neither in fingerprints nor in output files). Over plain
+``http://`` it travels in clear text: across an untrusted network, put TLS in front of the server.
+
 Inputs are checked before sending, with the local judge's messages. Results are the server judge's floats, exactly
 (JSON floats round-trip). The client uses only the standard library (``urllib``), so training processes need no
 server dependencies.
 
 Failures: connection errors (refused, reset, closed) and 502/503/504 are retried with exponential backoff (0.5 s
 doubling to 4 s) for up to ``retry_seconds``, so a restarted server is waited for; past that, a ``ConnectionError``
-names the URL and the last error. A 4xx raises ``ValueError`` with the server's message, a 500 ``RuntimeError``; a
-request that takes longer than ``timeout`` raises ``TimeoutError`` (it is not re-sent: the server may still be working
-on it). A reply that does not hold one float per row raises ``RuntimeError``. No failure returns a number.
+names the URL and the last error. A 401 raises ``PermissionError`` (above), another 4xx ``ValueError`` with the
+server's message, a 500 ``RuntimeError``; a request that takes longer than ``timeout`` raises ``TimeoutError`` (it is
+not re-sent: the server may still be working on it). A reply that does not hold one float per row raises
+``RuntimeError``. No failure returns a number.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +41,7 @@ from rlhf_pairs.judges.base import check_pair_inputs, check_response_inputs
 
 logger = logging.getLogger(__name__)
 
+API_KEY_ENV = "RLHF_PAIRS_JUDGE_API_KEY"  # the key, on the server's side and on every client's
 RETRY_STATUSES = (502, 503, 504)
 # The /info fields that change what a served judge says (for fingerprints of finished work).
 IDENTITY_FIELDS = ("judge", "judge_type", "class", "dtype", "temperature", "max_length", "pointwise", "pairrm_format")
@@ -40,6 +50,13 @@ IDENTITY_FIELDS = ("judge", "judge_type", "class", "dtype", "temperature", "max_
 def served_identity(info: dict) -> dict:
     """The result-changing part of a server's ``/info``."""
     return {key: info.get(key) for key in IDENTITY_FIELDS}
+
+
+def check_api_key(key: str, source: str) -> None:
+    """Raise ``ValueError`` (naming ``source``, never the key) unless ``key`` is printable ASCII without spaces, as
+    an ``Authorization: Bearer`` token must be (a header cannot carry a newline or, portably, non-ASCII text)."""
+    if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise ValueError(f"the API key from {source} must be printable ASCII without spaces (its value is not shown)")
 
 
 class RemoteJudge:
@@ -53,6 +70,8 @@ class RemoteJudge:
         expect: judge settings the caller asked for (``dtype``, ``attn_implementation``, ``temperature``,
             ``max_length``, ``batch_tokens``: a job's ``judge_*`` options): the server's judge must have them, else
             ``ValueError`` naming each difference (a client cannot change the served judge).
+        api_key: the server's API key, sent as ``Authorization: Bearer`` (``""``: none); default:
+            ``RLHF_PAIRS_JUDGE_API_KEY`` when set.
     """
 
     def __init__(
@@ -62,12 +81,17 @@ class RemoteJudge:
         retry_seconds: float = 120.0,
         info: dict | None = None,
         expect: dict | None = None,
+        api_key: str | None = None,
     ):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"a remote judge needs an http:// or https:// URL, got {url!r}")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.retry_seconds = retry_seconds
+        source = API_KEY_ENV if api_key is None else "the `api_key` argument"
+        self._api_key = (os.environ.get(API_KEY_ENV) if api_key is None else api_key) or None  # never shown
+        if self._api_key:
+            check_api_key(self._api_key, source)
         self.info = info if info is not None else self._request("GET", "/info")
         self.max_body_bytes = int(self.info.get("max_body_bytes") or 0) or None
         expect = dict(expect or {})
@@ -133,11 +157,20 @@ class RemoteJudge:
             request = urllib.request.Request(
                 self.url + path, data=body, method=method, headers={"Content-Type": "application/json"}
             )
+            if self._api_key:  # an unredirected header: a redirect elsewhere does not carry the key there
+                request.add_unredirected_header("Authorization", f"Bearer {self._api_key}")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return json.loads(response.read())
             except urllib.error.HTTPError as err:
+                if err.code == 401:  # the reply is not shown: whatever answers at the URL could echo the header
+                    raise PermissionError(
+                        f"judge server {self.url} {'refused the API key' if self._api_key else 'requires an API key'} "
+                        f"(401 on {path}): set {API_KEY_ENV} to the key the server was started with"
+                    ) from None
                 message = _error_message(err)
+                if self._api_key:
+                    message = message.replace(self._api_key, "<api key>")
                 if err.code not in RETRY_STATUSES:
                     if 400 <= err.code < 500:
                         raise ValueError(

@@ -1,11 +1,14 @@
 """``rlhf-pairs serve-judge``: load a judge once and serve it over HTTP to every training process and node.
 
+    export RLHF_PAIRS_JUDGE_API_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(32))")
     rlhf-pairs serve-judge --judge RLHFlow/pair-preference-model-LLaMA3-8B --judge_type pair_lm \
         --host 0.0.0.0 --port 8000 --devices cuda:0,cuda:1
-    rlhf-pairs iterate ... --judge_type remote --judge http://judge-host:8000
+    RLHF_PAIRS_JUDGE_API_KEY=<the same key> rlhf-pairs iterate ... --judge_type remote --judge http://judge-host:8000
 
 Any judge type works, including a class by import path. The server is :mod:`rlhf_pairs.serving` (FastAPI on
-uvicorn: the ``serve`` extra); the client is :class:`rlhf_pairs.judges.remote.RemoteJudge`.
+uvicorn: the ``serve`` extra); the client is :class:`rlhf_pairs.judges.remote.RemoteJudge`. A host other than
+loopback needs an API key (or ``--allow_unauthenticated true``), checked when the arguments are parsed, before the
+judge loads.
 """
 
 from __future__ import annotations
@@ -40,15 +43,18 @@ def main(script_args: ServeJudgeConfig, judge_args: JudgeArguments) -> None:
         max_batch_rows=script_args.max_batch_rows,
         max_body_bytes=int(script_args.max_body_mb * 1024 * 1024),
     )
-    logger.info(
-        "serve-judge: %s (%s) on %s at http://%s:%d",
-        judge_args.judge,
-        judge_args.judge_type,
-        ", ".join(info["devices"]),
-        script_args.host,
-        script_args.port,
-    )
-    serve(server, script_args.host, script_args.port, script_args.log_level)
+    devices, address = ", ".join(info["devices"]), f"http://{script_args.host}:{script_args.port}"
+    where = f"{judge_args.judge} ({judge_args.judge_type}) on {devices} at {address}"
+    if script_args.api_key:
+        logger.info("serve-judge: %s; API key required", where)
+    elif script_args.listens_on_loopback():
+        logger.info("serve-judge: %s; no API key (loopback only)", where)
+    else:
+        logger.warning(
+            "serve-judge: %s; UNAUTHENTICATED (--allow_unauthenticated): anyone who reaches the port can use the judge",
+            where,
+        )
+    serve(server, script_args.host, script_args.port, script_args.log_level, api_key=script_args.api_key)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
