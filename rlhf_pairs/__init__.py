@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "DebertaV2PairRM": "rlhf_pairs.judges",
+    "GenerativeJudge": "rlhf_pairs.judges",
+    "JudgeTemplate": "rlhf_pairs.judges",
+    "OpenAIJudge": "rlhf_pairs.judges",
     "PairPreferenceFormatter": "rlhf_pairs.judges",
     "PairPreferenceJudge": "rlhf_pairs.judges",
     "PairRMEncoder": "rlhf_pairs.judges",
@@ -48,6 +51,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from rlhf_pairs.best_of_n import BestOfNResult, best_of_n  # noqa: F401
     from rlhf_pairs.judges import (  # noqa: F401
         DebertaV2PairRM,
+        GenerativeJudge,
+        JudgeTemplate,
+        OpenAIJudge,
         PairPreferenceFormatter,
         PairPreferenceJudge,
         PairRMEncoder,

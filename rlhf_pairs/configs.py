@@ -21,6 +21,7 @@ from pathlib import Path
 from rlhf_pairs.data_utils import SYSTEM_MESSAGE_MODES
 from rlhf_pairs.judges.constants import CANDIDATE_MAX_LENGTH, MAX_LENGTH, SOURCE_MAX_LENGTH
 from rlhf_pairs.judges.loading import JUDGE_TYPES, is_import_path, resolve_judge_class
+from rlhf_pairs.judges.templates import TEMPLATE_NAMES
 from rlhf_pairs.pairs import PAIR_STRATEGIES
 from rlhf_pairs.ranking import METHODS
 
@@ -75,6 +76,31 @@ class JudgeArguments:
             "or 'rewardbench' (reward-bench's PairRM pipeline: tokenize_conv_pair for every prompt)."
         },
     )
+    judge_template: str | None = field(
+        default=None,
+        metadata={
+            "help": f"LLM-as-a-judge prompt (judge_type llm or openai): one of {TEMPLATE_NAMES} or a Jinja file for the "
+            "user message. Default: arena_hard for llm, alpaca_eval for openai."
+        },
+    )
+    judge_labels: str | None = field(
+        default=None,
+        metadata={"help": "The two verdict labels 'first,second' (llm/openai; default: the template's, e.g. 'A,B')."},
+    )
+    judge_model: str | None = field(
+        default=None, metadata={"help": "judge_type openai: the served model's name (default: the server's only one)."}
+    )
+    judge_max_concurrency: int = field(default=8, metadata={"help": "judge_type openai: requests in flight at once."})
+    judge_on_unparsable: str = field(
+        default="tie",
+        metadata={
+            "help": "judge_type openai: an answer with no verdict counts as a tie ('tie', counted) or fails ('error')."
+        },
+    )
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata={"help": "judge_type openai: the environment variable holding the API key (never written anywhere)."},
+    )
 
     def __post_init__(self):
         if is_import_path(self.judge_type):
@@ -91,6 +117,20 @@ class JudgeArguments:
             )
         if self.judge_pairrm_format != "card" and self.judge_type != "pairrm":
             raise ValueError(f"`judge_pairrm_format` applies to judge_type 'pairrm', not {self.judge_type!r}")
+        generative = self.judge_type in ("llm", "openai")
+        for name in ("judge_template", "judge_labels"):
+            if getattr(self, name) is not None and not generative:
+                raise ValueError(f"`{name}` applies to judge_type 'llm' or 'openai', not {self.judge_type!r}")
+        if self.judge_type == "openai" and not self.judge.startswith(("http://", "https://")):
+            raise ValueError(
+                f"judge_type 'openai' needs `judge` to be the API base URL (http://host:8000/v1), got {self.judge!r}"
+            )
+        check_choice("judge_on_unparsable", self.judge_on_unparsable, ("tie", "error"))
+        check_positive(self, "judge_max_concurrency")
+        if generative:
+            from rlhf_pairs.judges.templates import load_template
+
+            load_template(self.template_name(), self.label_pair())  # a bad template or labels fail here
 
     def result_fields(self) -> dict:
         """The fields that change what the judge says (for fingerprints of finished work). A local judge path is
@@ -106,7 +146,36 @@ class JudgeArguments:
             fields["judge_pairrm_format"] = self.judge_pairrm_format
         if self.judge_type == "remote":
             fields["served"] = self.served_judge()
+        if self.judge_type in ("llm", "openai"):  # absent for the other types: their finished runs still resume
+            template = self.template_name()
+            fields["judge_template"] = str(Path(template).resolve()) if Path(template).is_file() else template
+            if self.judge_labels is not None:
+                fields["judge_labels"] = self.label_pair()
+        if self.judge_type == "openai":  # the served model, never the key
+            fields["judge_model"] = self.judge_model or self.served_model()
+            fields["judge_on_unparsable"] = self.judge_on_unparsable
         return fields
+
+    def template_name(self) -> str:
+        """The judge prompt of ``judge_type`` llm/openai: ``judge_template`` or the type's default."""
+        return self.judge_template or ("alpaca_eval" if self.judge_type == "openai" else "arena_hard")
+
+    def label_pair(self) -> tuple[str, str] | None:
+        """``judge_labels`` as a pair, ``None`` when unset (the template's)."""
+        if self.judge_labels is None:
+            return None
+        labels = tuple(label.strip() for label in self.judge_labels.split(","))
+        if len(labels) != 2:
+            raise ValueError(f"`judge_labels` must be two labels 'first,second', got {self.judge_labels!r}")
+        return labels
+
+    def served_model(self) -> str:
+        """The only model the OpenAI-compatible server at ``judge`` serves (fetched once per process)."""
+        if getattr(self, "_served_model", None) is None:
+            from rlhf_pairs.judges.openai_compatible import only_served_model
+
+            self._served_model = only_served_model(self.judge, self.judge_api_key_env)
+        return self._served_model
 
     def served_judge(self) -> dict:
         """What the ``serve-judge`` server at ``judge`` serves (the result-changing part of its ``/info``)."""
@@ -130,7 +199,20 @@ class JudgeArguments:
             max_length=self.judge_max_length,
             batch_tokens=self.judge_batch_tokens,
             **({"pairrm_format": self.judge_pairrm_format} if self.judge_pairrm_format != "card" else {}),
+            **self.generative_options(),
         )
+
+    def generative_options(self) -> dict:
+        """The options of judge_type llm (template, labels) and openai (also the model, concurrency, key variable)."""
+        if self.judge_type not in ("llm", "openai"):
+            return {}
+        options = {"template": self.template_name(), "labels": self.label_pair()}
+        if self.judge_type == "openai":
+            options.update(
+                model=self.judge_model, max_concurrency=self.judge_max_concurrency,
+                on_unparsable=self.judge_on_unparsable, api_key_env=self.judge_api_key_env,
+            )  # fmt: skip
+        return options
 
 
 @dataclass

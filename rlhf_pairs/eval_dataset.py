@@ -58,7 +58,7 @@ from rlhf_pairs.evaluation import (
     format_report,
     score_examples,
 )
-from rlhf_pairs.utils.distributed import get_logger, process_state
+from rlhf_pairs.utils.distributed import get_logger, process_state, summed_judge_usage
 from rlhf_pairs.utils.faults import kill_point, stop_on_signals
 from rlhf_pairs.utils.hashing import sha256_json
 from rlhf_pairs.utils.io import write_jsonl_atomic, write_text_atomic
@@ -179,5 +179,13 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
         pairs_per_second,
         out,
     )
+    usage = summed_judge_usage(judge, state)  # an API judge's requests and tokens, over every process
+    if usage and state.is_main_process:
+        logger.info("eval: judge usage %s", ", ".join(f"{k} {v}" for k, v in sorted(usage.items())))
     state.wait_for_everyone()
-    return {**report, "pairs_per_second": pairs_per_second, "output_dir": str(out)}
+    return {
+        **report,
+        "pairs_per_second": pairs_per_second,
+        "output_dir": str(out),
+        **({"judge_usage": usage} if usage else {}),
+    }

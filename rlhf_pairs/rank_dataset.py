@@ -40,6 +40,7 @@ from rlhf_pairs.configs import JudgeArguments, RankConfig
 from rlhf_pairs.data_utils import PROMPT_NOTES, describe_prompt_notes, load_rows, prepare_prompt
 from rlhf_pairs.pairs import preference_columns, ranking_rewards
 from rlhf_pairs.ranking import check_probabilities, rank_candidates_with_stats
+from rlhf_pairs.utils.distributed import summed_judge_usage
 from rlhf_pairs.utils.faults import kill_point, stop_on_signals
 from rlhf_pairs.utils.hashing import sha256_json
 from rlhf_pairs.utils.io import atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -320,6 +321,9 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
     summary.update(
         new_matches_this_process=matches, judge_rows_this_process=rows_judged, scored_rows_this_process=rows_scored
     )
+    usage = summed_judge_usage(judge, state)
+    if usage:  # an API judge's requests and tokens (judge_type openai), over every process
+        summary["judge_usage"] = usage
     summary["pairs_per_second"] = matches / elapsed if elapsed > 0 and matches else 0.0
     touched = ", ".join(f"{notes[key]} {key}" for key in PROMPT_NOTES if notes[key])
     logger.info(
@@ -335,6 +339,8 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
         summary["pairs_per_second"],
         "" if done else f"; incomplete, re-run to finish ({config.output})",
     )
+    if usage:
+        logger.info("rank: judge usage %s", ", ".join(f"{k} {v}" for k, v in sorted(usage.items())))
     return summary
 
 

@@ -130,6 +130,58 @@ def build_tiny_pair_lm(path: str | Path, seed: int = 0, initializer_range: float
     return path
 
 
+# The verdict LM's chat template: the messages' contents, nothing around them and no generation prompt, so the last
+# token a model reads is the last token of the last message (a judge template ending with the second response).
+CONTENT_ONLY_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+def build_tiny_verdict_lm(path: str | Path, verdicts: dict[str, str], seed: int = 0) -> Path:
+    """Save a tiny Llama whose next token depends only on the last token it reads: after the last token of
+    ``" " + word`` it says ``verdicts[word]`` (a one-token label), after a label its EOS; anything else is random.
+
+    A real model for a real server (``transformers serve``) that judges by rule: with a judge template ending in
+    ``{{ response_b }}`` and :data:`CONTENT_ONLY_CHAT_TEMPLATE`, the verdict is read from the second response's last
+    word. Its layers add nothing to the residual stream (zero output projections), so the final hidden state is the
+    last token's embedding, and the output head is set to map chosen embeddings to chosen tokens."""
+    from transformers import LlamaForCausalLM
+
+    path = Path(path)
+    tokenizer = train_tiny_bpe_tokenizer()
+    tokenizer.chat_template = CONTENT_ONLY_CHAT_TEMPLATE
+    config = tiny_llama_config(tokenizer, num_layers=1, initializer_range=0.02, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embeddings = torch.randn_like(model.model.embed_tokens.weight)
+        model.model.embed_tokens.weight.copy_(embeddings)
+        head = torch.zeros_like(model.lm_head.weight)
+
+        def single(text: str) -> int:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"{text!r} must be one token of the tiny tokenizer, got {ids}")
+            return ids[0]
+
+        def direction(token: int) -> torch.Tensor:
+            return embeddings[token] / embeddings[token].norm()
+
+        lasts = {word: tokenizer.encode(" " + word, add_special_tokens=False)[-1] for word in verdicts}
+        if len(set(lasts.values())) != len(lasts):
+            raise ValueError(f"the words {sorted(verdicts)} must end in different tokens of the tiny tokenizer")
+        for word, label in verdicts.items():
+            last = lasts[word]
+            head[single(label)] += 60 * direction(last)
+            head[tokenizer.eos_token_id] += 60 * direction(single(label))
+        model.lm_head.weight.copy_(head)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def build_tiny_pairrm(path: str | Path, seed: int = 0, initializer_range: float = 0.3, num_layers: int = 2) -> Path:
     """Save a tiny random :class:`DebertaV2PairRM` in PairRM-hf's layout (keys, config fields) to ``path``."""
     from transformers import DebertaV2Config

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # imported by the configs at argument parsing: no torch here
 
 logger = logging.getLogger(__name__)
 
-JUDGE_TYPES = ("pair_lm", "pairrm", "reward_model", "remote")
+JUDGE_TYPES = ("pair_lm", "pairrm", "reward_model", "remote", "llm", "openai")
 
 
 def is_import_path(judge_type: str) -> bool:
@@ -84,9 +84,12 @@ def load_judge(
     **judge_kwargs,
 ) -> PairwiseJudge:
     """The judge of ``judge_type`` from the Hub or a path: ``PairPreferenceJudge`` (``"pair_lm"``),
-    ``PairRMJudge`` (``"pairrm"``), ``RewardModelJudge`` (``"reward_model"``), a judge served by ``rlhf-pairs
-    serve-judge`` at the URL ``name_or_path`` (``"remote"``: :class:`~rlhf_pairs.judges.remote.RemoteJudge`), or a
-    class by import path (see the module docstring).
+    ``PairRMJudge`` (``"pairrm"``), ``RewardModelJudge`` (``"reward_model"``), any chat LM prompted as a judge
+    (``"llm"``: :class:`~rlhf_pairs.judges.generative.GenerativeJudge`, ``template``/``labels`` in ``judge_kwargs``),
+    a model behind an OpenAI-compatible server at the API base URL ``name_or_path`` (``"openai"``:
+    :class:`~rlhf_pairs.judges.openai_compatible.OpenAIJudge`), a judge served by ``rlhf-pairs serve-judge`` at the
+    URL ``name_or_path`` (``"remote"``: :class:`~rlhf_pairs.judges.remote.RemoteJudge`), or a class by import path
+    (see the module docstring).
 
     ``None`` for ``attn_implementation``, ``max_length`` or ``batch_tokens`` keeps the judge's own default;
     ``max_length`` applies to the pair LM and the reward model (PairRM's budgets are fixed by its card).
@@ -125,6 +128,18 @@ def load_judge(
         }  # fmt: skip
         judge_kwargs["expect"] = {key: value for key, value in asked.items() if value is not None}
         return RemoteJudge.from_pretrained(name_or_path, **judge_kwargs)
+    if judge_type == "openai":  # a model behind an OpenAI-compatible server: no local settings apply
+        from rlhf_pairs.judges.openai_compatible import OpenAIJudge
+
+        local = {"dtype": dtype != "auto", "attn_implementation": attn_implementation, "max_length": max_length,
+                 "batch_tokens": batch_tokens}  # fmt: skip
+        refused = [name for name, value in local.items() if value]
+        if refused:
+            raise ValueError(
+                f"judge_type 'openai' runs on its server: {', '.join(refused)} cannot apply; unset them (the judge's "
+                "prompt and verdict options are judge_template, judge_labels, judge_temperature)"
+            )
+        return OpenAIJudge.from_pretrained(name_or_path, temperature=temperature, **judge_kwargs)
     kwargs = {"device": device, "dtype": dtype, "temperature": temperature, **judge_kwargs}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -134,6 +149,8 @@ def load_judge(
         kwargs["max_length"] = max_length
     if judge_type == "pair_lm":
         from rlhf_pairs.judges.pair_lm import PairPreferenceJudge as judge_class
+    elif judge_type == "llm":
+        from rlhf_pairs.judges.generative import GenerativeJudge as judge_class
     elif judge_type == "reward_model":
         from rlhf_pairs.judges.reward_model import RewardModelJudge as judge_class
     else:

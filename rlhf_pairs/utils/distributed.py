@@ -117,3 +117,19 @@ class MainProcessLogger(logging.LoggerAdapter):
 def get_logger(name: str) -> MainProcessLogger:
     """The module logger of a job's code: :class:`MainProcessLogger` over ``logging.getLogger(name)``."""
     return MainProcessLogger(logging.getLogger(name), {})
+
+
+def summed_judge_usage(judge, state) -> dict:
+    """The ``usage`` counters of an API judge (requests, tokens, verdict kinds) summed over the processes of the
+    launch; ``{}`` for a judge without them. Every process must call it."""
+    usage = dict(getattr(judge, "usage", None) or {})
+    if state.num_processes > 1:
+        from collections import Counter
+
+        from accelerate.utils import gather_object
+
+        total = Counter()
+        for part in gather_object([usage]):
+            total.update(part)
+        usage = dict(total)
+    return usage

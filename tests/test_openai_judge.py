@@ -1,0 +1,153 @@
+"""OpenAIJudge (judge_type openai) against a real OpenAI-compatible server: `transformers serve` on loopback running a
+tiny LM that judges by rule (its verdict is read from the second response's last word). Both orders, text verdicts,
+concurrency, usage, the unparsable rule, a killed server waited for, the API key never written anywhere, and the
+logprob path on recorded OpenAI / vLLM responses (tests/data/README.md)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from rlhf_pairs.judges.openai_compatible import OpenAIJudge, soft_verdict
+from rlhf_pairs.testing_utils import build_tiny_verdict_lm
+
+DATA = Path(__file__).with_name("data")
+SECRET = "sk-test-0123456789-never-written"
+TRANSFORMERS_CLI = Path(sys.executable).with_name("transformers")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServedModel:
+    """`transformers serve <model>` on 127.0.0.1 (offline, CPU); ``url`` is its API base."""
+
+    def __init__(self, model: Path, log: Path, port: int | None = None):
+        self.model, self.log, self.port = model, log, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc = None
+
+    def start(self, timeout: float = 180.0) -> "ServedModel":
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        cmd = [str(TRANSFORMERS_CLI), "serve", str(self.model), "--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([*cmd, "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def verdict_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    model = build_tiny_verdict_lm(root / "verdict-lm", {"hate": "A", "joke": "B"})
+    template = root / "last_word.jinja"
+    template.write_text("{{ question }}\nFirst: {{ response_a }}\nSecond: {{ response_b }}")
+    return {"root": root, "model": model, "template": template}
+
+
+@pytest.fixture(scope="module")
+def server(verdict_files):
+    served = ServedModel(verdict_files["model"], verdict_files["root"] / "serve.log").start()
+    yield served
+    served.stop()
+
+
+def test_a_served_judge_compares_both_orders_from_text_verdicts(server, verdict_files, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    judge = OpenAIJudge(server.url, template=str(verdict_files["template"]), max_concurrency=4)
+    assert judge.model == str(verdict_files["model"])  # the server's only model, from GET /models
+    prompts = ["Say something.", "Say it.", "Anything."]
+    p = judge.compare(prompts, ["a fine joke", "pure hate", "meh"], ["pure hate", "a fine joke", "blah"])
+    # Row 1: (joke, hate) -> "A", (hate, joke) -> "B": both orders say the joke wins. Row 3: no verdict either way.
+    assert p == [1.0, 0.0, 0.5]
+    assert judge.usage["requests"] == 6 and judge.usage["from_text"] == 4 and judge.usage["unparsable"] == 2
+    assert judge.usage["prompt_tokens"] > 0 and judge.usage["completion_tokens"] >= 6
+    assert judge.compare(prompts, ["a fine joke", "pure hate", "meh"], ["pure hate", "a fine joke", "blah"]) == p
+    assert judge.usage["requests"] == 6  # cached: no request twice
+    assert SECRET not in repr(judge) and SECRET not in repr(judge.client) and SECRET not in json.dumps(judge.usage)
+    strict = OpenAIJudge(server.url, template=str(verdict_files["template"]), on_unparsable="error")
+    with pytest.raises(ValueError, match=rf"judge server {server.url} .*gave no verdict.*judge_on_unparsable"):
+        strict.compare(["Anything."], ["meh"], ["blah"])
+    with pytest.raises(ValueError, match=rf"judge server {server.url}/chat/completions refused the request \(400\)"):
+        OpenAIJudge(server.url, model="not-served").compare(["x"], ["a"], ["b"])
+
+
+class Replay(BaseHTTPRequestHandler):
+    """Answers every chat completion with one recorded response; records the request bodies."""
+
+    reply: dict = {}
+    bodies: list = []
+
+    def do_GET(self):
+        self._send({"object": "list", "data": [{"id": "recorded", "object": "model"}]})
+
+    def do_POST(self):
+        Replay.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self._send(Replay.reply)
+
+    def _send(self, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_soft_verdicts_from_recorded_logprobs(tmp_path):
+    # OpenAI's reply to AlpacaEval's m/M prompt: P(first = m better) = softmax over the two labels' logprobs, as
+    # AlpacaEval's logprob_parser computes p(m) (its preference is 2 - p(m)).
+    choice = json.loads((DATA / "openai_alpacaeval_choice.json").read_text())
+    import math
+
+    p_m = math.exp(-4.048847) / (math.exp(-4.048847) + math.exp(-0.017597131))
+    assert soft_verdict(choice["logprobs"], ("m", "M")) == pytest.approx(p_m, rel=1e-12)
+    assert soft_verdict(choice["logprobs"], ("m", "M"), temperature=2.0) == pytest.approx(
+        math.exp(-4.048847 / 2) / (math.exp(-4.048847 / 2) + math.exp(-0.017597131 / 2))
+    )
+    assert soft_verdict(choice["logprobs"], ("A", "B")) is None  # no answer token is a label: the text decides
+    # A recorded vLLM chat completion, replayed over HTTP to the whole request path (labels "{" and "{}").
+    recorded = json.loads((DATA / "vllm_chat_logprobs.json").read_text())
+    Replay.reply, Replay.bodies = recorded, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        template = tmp_path / "braces.jinja"
+        template.write_text("{{ question }} {{ response_a }} {{ response_b }}")
+        judge = OpenAIJudge(f"http://127.0.0.1:{server.server_port}/v1", template=str(template), labels=("{", "{}"))
+        forward = judge.score_ordered_pairs(["q"], ["a"], ["b"]).tolist()
+        expected = math.exp(-0.03710511326789856) / (math.exp(-0.03710511326789856) + math.exp(-3.312495708465576))
+        assert forward == pytest.approx([expected], rel=1e-12)
+        assert judge.usage == {"requests": 1, "prompt_tokens": 4, "completion_tokens": 3, "from_logprobs": 1}
+        body = Replay.bodies[-1]
+        assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["temperature"] == 0
+        assert body["model"] == "recorded" and body["messages"] == [{"role": "user", "content": "q a b"}]
+    finally:
+        server.shutdown()
