@@ -151,3 +151,121 @@ def test_soft_verdicts_from_recorded_logprobs(tmp_path):
         assert body["model"] == "recorded" and body["messages"] == [{"role": "user", "content": "q a b"}]
     finally:
         server.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The jobs (rank, iterate, eval) with a served judge and with a local generative judge
+# ---------------------------------------------------------------------------------------------------------------------
+CANDIDATES = [
+    {"prompt": "Tell me something.", "responses": ["that is hate", "a fine joke", "more hate"]},
+    {"prompt": [{"role": "user", "content": "Say more."}], "responses": ["a joke", "hate"]},
+    {"prompt": "Again.", "responses": ["hate", "hate again, hate", "one more joke", "no hate"]},
+]
+PAIRS = [
+    {"prompt": "What now?", "chosen": "a good joke", "rejected": "pure hate", "subset": "alpacaeval-easy"},
+    {"prompt": "And then?", "chosen": "pure hate", "rejected": "a good joke", "subset": "mt-bench-hard"},
+    {"prompt": "Why?", "chosen": "the joke", "rejected": "the hate", "subset": "refusals-dangerous"},
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def rlhf_pairs_cli(args: list, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf_pairs.cli", *map(str, args)], env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return proc
+
+
+def files_hold(root: Path, text: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+@pytest.fixture(scope="module", params=["openai", "llm"])
+def judge_flags(request, verdict_files):
+    """The same rule judge two ways: served by `transformers serve` (judge_type openai) or loaded in the job (llm)."""
+    if request.param == "openai":
+        request.getfixturevalue("server")
+        url = request.getfixturevalue("server").url
+        return ["--judge_type", "openai", "--judge", url, "--judge_template", verdict_files["template"]]
+    return ["--judge_type", "llm", "--judge", verdict_files["model"], "--judge_template", verdict_files["template"]]
+
+
+def test_rank_and_eval_with_a_generative_judge(judge_flags, tmp_path):
+    served = judge_flags[1] == "openai"
+    data = write_jsonl(tmp_path / "candidates.jsonl", CANDIDATES)
+    out = tmp_path / "ranked.jsonl"
+    proc = rlhf_pairs_cli(["rank", "--dataset_name", data, "--output", out, *judge_flags], {"OPENAI_API_KEY": SECRET})
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["responses"][row["best"]] for row in rows] == ["a fine joke", "a joke", "one more joke"]
+    assert rows[1]["chosen"] == [{"role": "assistant", "content": "a joke"}]
+    assert ("rank: judge usage" in proc.stderr + proc.stdout) == served  # the API judge's requests and tokens
+    # eval: the judge prefers a second response ending in "joke"; RewardBench's report as for any judge.
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    proc = rlhf_pairs_cli(
+        ["eval", "--dataset_name", pairs, "--output_dir", tmp_path / "eval", *judge_flags], {"OPENAI_API_KEY": SECRET}
+    )
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["accuracy"] == pytest.approx(2 / 3) and report["position"]["consistency"] == 1.0
+    assert report["metadata"]["judge_type"] == judge_flags[1]
+    assert report["metadata"]["judge_template"] == str(Path(judge_flags[-1]).resolve())
+    if served:
+        assert report["metadata"]["judge_model"].endswith("verdict-lm")
+    assert not files_hold(tmp_path, SECRET) and SECRET not in proc.stdout + proc.stderr
+
+
+def test_iterate_one_round_with_a_generative_judge(judge_flags, tiny_pair_lm_path, tmp_path):
+    from test_iterate import PROMPTS, RECIPE
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS[:6]])
+    out = tmp_path / "run"
+    args = ["iterate", "--config", RECIPE, "--model_name_or_path", tiny_pair_lm_path, "--dataset_name", prompts]
+    args += ["--output_dir", out, "--rounds", "1", *judge_flags]
+    proc = rlhf_pairs_cli(args, {"OPENAI_API_KEY": SECRET})
+    rank = json.loads((out / "round_1" / "rank" / "stage.json").read_text())
+    assert rank["fingerprint"]["judge_type"] == judge_flags[1] and rank["summary"]["ranked"] == 4
+    if judge_flags[1] == "openai":
+        assert rank["summary"]["judge_usage"]["requests"] > 0
+    assert (out / "round_1" / "eval" / "DONE").exists() and (out / "round_1" / "train" / "model.safetensors").exists()
+    assert not files_hold(tmp_path, SECRET) and SECRET not in proc.stdout + proc.stderr
+
+
+def test_a_killed_server_is_waited_for_and_the_output_equals_an_uninterrupted_run(server, verdict_files, tmp_path):
+    rows = [
+        {"prompt": f"Question {i}.", "responses": ["pure hate", "a fine joke", "meh", f"joke {i}"]} for i in range(24)
+    ]
+    data = write_jsonl(tmp_path / "candidates.jsonl", rows)
+    flags = ["--judge_type", "openai", "--judge_template", verdict_files["template"], "--shard_size", "2"]
+    rlhf_pairs_cli(
+        ["rank", "--dataset_name", data, "--output", tmp_path / "reference.jsonl", "--judge", server.url, *flags]
+    )
+    second = ServedModel(verdict_files["model"], tmp_path / "second.log").start()
+    out = tmp_path / "ranked.jsonl"
+    args = [sys.executable, "-m", "rlhf_pairs.cli", "rank", "--dataset_name", data, "--output", out]
+    job = subprocess.Popen(
+        [*map(str, args), "--judge", second.url, *map(str, flags)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        shards = Path(str(out) + ".shards")
+        deadline = time.monotonic() + 300
+        while not list(shards.glob("shard-*.jsonl")) and time.monotonic() < deadline:
+            assert job.poll() is None, job.stdout.read()[-4000:]
+            time.sleep(0.05)
+        second.stop()  # mid-job: the shards after the first are not ranked yet
+        assert len(list(shards.glob("shard-*.jsonl"))) < 12
+        time.sleep(3)
+        second.start()
+        output, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, output[-4000:]
+    finally:
+        job.kill()
+        second.stop()
+    assert "retrying for up to" in output  # the job saw the server go and waited for it
+    assert out.read_bytes() == (tmp_path / "reference.jsonl").read_bytes()

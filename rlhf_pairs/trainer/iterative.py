@@ -289,6 +289,7 @@ class IterativeLoop:
                     "comparisons": summary["comparisons"],
                     "scored": summary["scored"],
                     "mean_margin": sum(margins) / len(margins) if margins else None,
+                    **({"judge_usage": summary["judge_usage"]} if "judge_usage" in summary else {}),  # an API judge's
                 },
             )
 
