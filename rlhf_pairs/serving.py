@@ -93,7 +93,20 @@ def judge_info(judge, name: str, judge_type: str) -> dict:
         "temperature": getattr(judge, "temperature", None),
         "pointwise": callable(getattr(judge, "score_responses", None)),
         "pairrm_format": getattr(judge, "conversation_format", None),
+        **_generative_identity(judge),
     }
+
+
+def _generative_identity(judge) -> dict:
+    """An LLM judge's prompt (template name and labels) and, behind an API, its model: absent for other judges, so
+    their ``/info`` (and the fingerprints recorded from it) stay as they were."""
+    template = getattr(judge, "template", None)
+    if not hasattr(template, "labels") or (template.name, tuple(template.labels)) == ("rlhflow", ("A", "B")):
+        return {}  # not an LLM judge, or the pair LM's own prompt
+    info = {"template": template.name, "labels": list(template.labels)}
+    if isinstance(getattr(judge, "model", None), str):  # OpenAIJudge: the served model's name
+        info["served_model"] = judge.model
+    return info
 
 
 def parse_request(body: bytes, kind: str) -> tuple[list, ...]:

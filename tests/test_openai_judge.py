@@ -269,3 +269,23 @@ def test_a_killed_server_is_waited_for_and_the_output_equals_an_uninterrupted_ru
         second.stop()
     assert "retrying for up to" in output  # the job saw the server go and waited for it
     assert out.read_bytes() == (tmp_path / "reference.jsonl").read_bytes()
+
+
+def test_behind_serve_judge_and_as_a_reward(server, verdict_files, tiny_pair_lm_path, tmp_path):
+    """The same judge behind `serve-judge` reports its prompt (so fingerprints tell two prompts apart), and as the
+    reward of online DPO / GRPO groups it is a plain callable over `compare`."""
+    from rlhf_pairs.judges import load_judge
+    from rlhf_pairs.judges.remote import served_identity
+    from rlhf_pairs.rewards import PairwiseRewardFunction
+    from rlhf_pairs.serving import judge_info
+
+    served = OpenAIJudge(server.url, template=str(verdict_files["template"]))
+    local = load_judge("llm", str(verdict_files["model"]), device="cpu", template=str(verdict_files["template"]))
+    for judge, judge_type in ((served, "openai"), (local, "llm")):
+        identity = served_identity(judge_info(judge, "j", judge_type))
+        assert identity["template"] == str(verdict_files["template"]) and identity["labels"] == ["A", "B"]
+    assert served_identity(judge_info(served, "j", "openai"))["served_model"] == served.model
+    assert "template" not in judge_info(load_judge("pair_lm", str(tiny_pair_lm_path), device="cpu"), "j", "pair_lm")
+    reward = PairwiseRewardFunction(served)
+    rewards = reward(prompts=["Say."] * 3, completions=["pure hate", "a fine joke", "more hate"])
+    assert rewards[1] == max(rewards) and rewards[0] == rewards[2]  # the joke wins its group

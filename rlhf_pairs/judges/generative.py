@@ -16,7 +16,7 @@ import torch
 from rlhf_pairs.data_utils import Prompt, prompt_key
 from rlhf_pairs.judges.base import PairwiseJudge, load_model_and_tokenizer, progress_bar
 from rlhf_pairs.judges.formatting import make_formatter
-from rlhf_pairs.judges.templates import JudgeTemplate
+from rlhf_pairs.judges.templates import JudgeTemplate, load_template
 from rlhf_pairs.tokenization import batches_by_tokens, pad_batch
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ class GenerativeJudge(PairwiseJudge):
         self.tokenizer = tokenizer
         if max_length is None:
             max_length = getattr(model.config, "max_position_embeddings", None)
-        self.formatter = make_formatter(tokenizer, template, labels, max_length=max_length)
-        self.template = getattr(self.formatter, "template", None) or template
+        self.template = load_template(template, labels)
+        self.formatter = make_formatter(tokenizer, self.template, max_length=max_length)
         self.temperature = temperature
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size

@@ -47,9 +47,16 @@ RETRY_STATUSES = (502, 503, 504)
 IDENTITY_FIELDS = ("judge", "judge_type", "class", "dtype", "temperature", "max_length", "pointwise", "pairrm_format")
 
 
+# Fields only some judges report (an LLM judge's prompt and served model): recorded only when present, so a finished
+# run against another judge type resumes as before.
+OPTIONAL_IDENTITY_FIELDS = ("template", "labels", "served_model")
+
+
 def served_identity(info: dict) -> dict:
     """The result-changing part of a server's ``/info``."""
-    return {key: info.get(key) for key in IDENTITY_FIELDS}
+    identity = {key: info.get(key) for key in IDENTITY_FIELDS}
+    identity.update({key: info[key] for key in OPTIONAL_IDENTITY_FIELDS if key in info})
+    return identity
 
 
 def check_api_key(key: str, source: str) -> None:
