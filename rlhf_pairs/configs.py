@@ -311,8 +311,8 @@ class RankConfig:
     """The ``rank`` job (parsed with :class:`JudgeArguments`).
 
     Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``output``, ``system_message``. Ranking:
-    ``ranking_method``, ``seed``, ``find_worst``, ``complete_margins``. Execution: ``shard_size``, ``max_shards``,
-    ``overwrite``.
+    ``ranking_method``, ``seed``, ``find_worst``, ``complete_margins``, ``prob_matrix``. Execution: ``shard_size``,
+    ``max_shards``, ``overwrite``.
     """
 
     dataset_name: str = field(
@@ -345,11 +345,23 @@ class RankConfig:
             "margin (one more match for those rows, counted in num_comparisons)."
         },
     )
+    prob_matrix: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write a prob_matrix column: per row P[i][j] = P(response i beats response j), diagonal 0.5 "
+            "(SPPO's input, as uclaml/SPPO's compute_prob.py builds it). Needs ranking_method round_robin; a "
+            "pointwise judge (reward model) gives sigmoid((s_i - s_j) / temperature) from its scores."
+        },
+    )
 
     def __post_init__(self):
         check_choice("ranking_method", self.ranking_method, METHODS)
         check_choice("system_message", self.system_message, SYSTEM_MESSAGE_MODES)
         check_positive(self, "shard_size", "max_shards")
+        if self.prob_matrix and self.ranking_method != "round_robin":
+            raise ValueError(
+                f"`prob_matrix` needs every pair judged: ranking_method round_robin, got {self.ranking_method!r}"
+            )
         if Path(self.output).suffix not in (".jsonl", ".parquet"):
             raise ValueError(f"`output` must end with .jsonl or .parquet, got {self.output!r}")
 

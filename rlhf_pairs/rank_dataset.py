@@ -9,7 +9,9 @@ argmin = worst, see :func:`~rlhf_pairs.pairs.ranking_rewards`; with a pointwise 
 own scores), ``num_comparisons``, ``num_scored`` (responses a pointwise judge scored: it ranks by sorting, with no
 matches, see :mod:`rlhf_pairs.ranking`), ``margin``, ``skipped`` and, for
 DPO, ``chosen``/``rejected`` (the best and worst responses in TRL's preference format matching the prompt, see
-:func:`~rlhf_pairs.pairs.preference_columns`; ``None`` for a skipped prompt).
+:func:`~rlhf_pairs.pairs.preference_columns`; ``None`` for a skipped prompt) and, with ``prob_matrix``, the
+``prob_matrix`` column (per prompt P[i][j] = P(response i beats response j), diagonal 0.5: SPPO's input, see
+:mod:`rlhf_pairs.ranking`; ``None`` for a skipped prompt).
 
 What the judge reads of a prompt follows :func:`~rlhf_pairs.data_utils.prepare_prompt`, as in every job: leading
 system turns merged into the first user turn (``system_message``: ``merge``, ``drop`` or ``error``), a chat string
@@ -57,6 +59,8 @@ def fingerprint(config: RankConfig, judge_args: JudgeArguments) -> dict:
     record = {**judge_args.result_fields(), **{k: getattr(config, k) for k in keys}}
     if config.system_message != "merge":
         record["system_message"] = config.system_message
+    if config.prob_matrix:  # recorded only when asked, so shards written before the option still resume
+        record["prob_matrix"] = True
     return record
 
 
@@ -102,17 +106,18 @@ def check_rank_rows(rows: list[dict], where, system_message: str = "merge") -> t
 OUTPUT_COLUMNS = (
     "best", "worst", "scores", "rewards", "num_comparisons", "num_scored", "margin", "skipped", "chosen", "rejected",
 )  # fmt: skip
+OPTIONAL_OUTPUT_COLUMNS = ("prob_matrix",)  # written only when asked for
 
 
 def check_parquet_writable(rows: list[dict]) -> None:
     """Raise ``ValueError`` naming the column when an input column cannot be one Arrow column, so parquet output
     would fail; e.g. prompts that are strings in some rows and message lists in others. Columns the job
-    overwrites (:data:`OUTPUT_COLUMNS`) are not checked."""
+    overwrites (:data:`OUTPUT_COLUMNS`, :data:`OPTIONAL_OUTPUT_COLUMNS`) are not checked."""
     import datasets
     import pyarrow as pa
 
     for column in dict.fromkeys(key for row in rows for key in row):
-        if column in OUTPUT_COLUMNS:
+        if column in OUTPUT_COLUMNS or column in OPTIONAL_OUTPUT_COLUMNS:
             continue
         values = [row.get(column) for row in rows]
         try:
@@ -137,12 +142,14 @@ def rank_rows(
     find_worst: bool,
     complete_margins: bool = False,
     judge_prompts: list | None = None,
+    prob_matrix: bool = False,
 ):
     """Rank a list of ``prompt``/``responses`` rows; returns (output rows, stats).
 
     ``judge_prompts``: what the judge reads for each row (:func:`check_rank_rows`); default: the rows' prompts.
     With ``complete_margins``, rows whose best and worst never met get P(best beats worst) from one more batched
-    ``judge.compare`` call, so ``margin`` is set for every ranked row with two distinct candidates.
+    ``judge.compare`` call, so ``margin`` is set for every ranked row with two distinct candidates. With
+    ``prob_matrix`` (round robin or a pointwise judge), every row also gets its ``prob_matrix`` column.
     """
     for i, row in enumerate(rows):
         if "prompt" not in row or "responses" not in row:
@@ -156,6 +163,7 @@ def rank_rows(
         method=method,
         seed=seed,
         find_worst=find_worst,
+        prob_matrix=prob_matrix,
     )
     if complete_margins:
         missing = [i for i, r in enumerate(results) if r.skipped is None and r.margin is None and r.worst is not None]
@@ -190,6 +198,7 @@ def rank_rows(
                 "margin": res.margin,
                 "skipped": res.skipped,
                 **pair,
+                **({"prob_matrix": res.prob_matrix} if prob_matrix else {}),
             }
         )
     return out, stats
@@ -282,6 +291,7 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
             config.find_worst,
             config.complete_margins,
             judge_prompts[part],
+            config.prob_matrix,
         )
         if not marker.exists():  # recorded with the first shard: a failed start leaves nothing to refuse
             write_json_atomic(marker, current)
@@ -355,9 +365,8 @@ def _shard_is_current(path: Path, inputs: list[dict]) -> bool:
     if len(ranked) != len(inputs) or any(not set(OUTPUT_COLUMNS) <= set(row) for row in ranked):
         return False
     normal = json.loads(json.dumps(inputs, ensure_ascii=False, default=str))
-    return all(
-        all(out.get(k) == v for k, v in row.items() if k not in OUTPUT_COLUMNS) for out, row in zip(ranked, normal)
-    )
+    written = (*OUTPUT_COLUMNS, *OPTIONAL_OUTPUT_COLUMNS)
+    return all(all(out.get(k) == v for k, v in row.items() if k not in written) for out, row in zip(ranked, normal))
 
 
 def _write_output(path: Path, rows: list[dict]) -> None:

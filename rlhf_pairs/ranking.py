@@ -42,6 +42,13 @@ own scores, and ``margin`` P(best beats worst) from one batched ``compare`` call
 its cached scores; a judge with ``preference_from_scores``, such as a reward judge, gives it from the scores
 directly, without a call). ``pointwise=False`` forces the tournament with such a judge.
 
+Probability matrices (``prob_matrix=True``, SPPO's input, see :func:`rlhf_pairs.pairs.build_sppo_pairs`): per prompt
+the K x K matrix P[i][j] = P(candidate i beats candidate j), diagonal 0.5. Round robin fills it from its matches
+(P[j][i] = 1 - P[i][j], identical texts 0.5); a pointwise judge from its scores, every off-diagonal entry computed
+on its own as P(i beats j) = ``preference_from_scores([s_i - s_j])`` (sigmoid((s_i - s_j) / T) for a reward judge,
+as uclaml/SPPO's ``compute_prob.py`` turns PairRM scores into P), or one batched ``compare`` over all ordered pairs
+for a pointwise judge without it. Knockout plays too few matches for a matrix.
+
 Match outcome: with p = P(a beats b), a wins if p > 0.5, b if p < 0.5, and on an exact tie (p == 0.5) the candidate
 with the lower original index wins (so in the losers' bracket the higher index advances as the worse one).
 
@@ -107,6 +114,8 @@ class RankingResult:
         margin: P(best beats worst) when those two met in a match (always for round robin, for n = 2 and with a
             pointwise judge), else ``None``.
         num_scored: candidates scored one at a time by a pointwise judge (n, cache hits included); 0 otherwise.
+        prob_matrix: with ``prob_matrix=True``, P[i][j] = P(candidate i beats candidate j) for every ordered pair,
+            diagonal 0.5 (see the module docstring); else ``None``.
     """
 
     best: int | None
@@ -116,6 +125,7 @@ class RankingResult:
     skipped: str | None = None
     margin: float | None = None
     num_scored: int = 0
+    prob_matrix: list[list[float]] | None = None
 
 
 @dataclass
@@ -160,6 +170,7 @@ def rank_candidates(
     seed: int = 0,
     find_worst: bool = True,
     pointwise: bool | None = None,
+    prob_matrix: bool = False,
 ) -> list[RankingResult]:
     """Rank each prompt's candidate responses with a judge; one :class:`RankingResult` per prompt.
 
@@ -176,14 +187,19 @@ def rank_candidates(
         find_worst: also find the worst candidate (knockout: run the losers' bracket).
         pointwise: ``None`` (default): rank by scores when the judge has ``score_responses``; ``False``: always
             play the tournament of ``method``; ``True``: require scores.
+        prob_matrix: also return each ranked prompt's matrix of P(i beats j) (:attr:`RankingResult.prob_matrix`);
+            needs ``method="round_robin"`` or a pointwise judge.
 
     Raises:
-        ValueError: mismatched lengths, malformed prompts or candidate lists, an unknown method, or a judge that
-            returns the wrong number of probabilities (scores) or a non-finite one.
+        ValueError: mismatched lengths, malformed prompts or candidate lists, an unknown method, ``prob_matrix``
+            with knockout and a pair judge, or a judge that returns the wrong number of probabilities (scores) or a
+            non-finite one.
 
     See the module docstring for the bracket, tie and caching rules.
     """
-    results, _ = rank_candidates_with_stats(judge, prompts, candidates, method, seed, find_worst, pointwise)
+    results, _ = rank_candidates_with_stats(
+        judge, prompts, candidates, method, seed, find_worst, pointwise, prob_matrix
+    )
     return results
 
 
@@ -195,6 +211,7 @@ def rank_candidates_with_stats(
     seed: int = 0,
     find_worst: bool = True,
     pointwise: bool | None = None,
+    prob_matrix: bool = False,
 ) -> tuple[list[RankingResult], RankingStats]:
     """:func:`rank_candidates`, also returning the :class:`RankingStats` of the call (judge calls, rows sent)."""
     _validate(prompts, candidates, method)
@@ -202,11 +219,18 @@ def rank_candidates_with_stats(
         pointwise = is_pointwise(judge)
     elif pointwise and not is_pointwise(judge):
         raise ValueError(f"pointwise=True needs a judge with score_responses(); {type(judge).__name__} has none")
+    if prob_matrix and not pointwise and method != "round_robin":
+        raise ValueError(
+            f"prob_matrix needs every pair judged: method='round_robin' (or a pointwise judge), got method={method!r}"
+        )
     stats = RankingStats()
     results: list[RankingResult | None] = [None] * len(prompts)
     keys = [prompt_key(prompt) for prompt in prompts]
     if pointwise:
-        return _rank_by_scores(judge, prompts, candidates, keys, find_worst, stats), stats
+        results = _rank_by_scores(judge, prompts, candidates, keys, find_worst, stats)
+        if prob_matrix:
+            _score_matrices(judge, prompts, candidates, results, stats)
+        return results, stats
     # Per active prompt: its tournament, the matches of its current round, and every match played so far. Match
     # indices are into `entrants[i]`: the candidates themselves (round robin), or one per distinct text (knockout).
     active: dict[int, tuple[Tournament, list[Match], dict[Match, float]]] = {}
@@ -270,6 +294,8 @@ def rank_candidates_with_stats(
                     else:
                         worst = max(j for j, text in enumerate(texts) if text == texts[worst])  # its highest index
                 results[i] = RankingResult(best, worst, scores, len(played), margin=margin)
+                if prob_matrix:  # round robin: every pair was played
+                    results[i].prob_matrix = _matrix_from_matches(len(texts), played)
                 stats.matches += len(played)
                 del active[i]
     return results, stats
@@ -330,6 +356,45 @@ def _rank_by_scores(
             results[i].margin = margin
         stats.compare_calls += 1
     return results
+
+
+def _matrix_from_matches(n: int, played: dict[Match, float]) -> list[list[float]]:
+    """P[i][j] = P(i beats j) from a round robin's matches (P[b][a] = 1 - P[a][b]), diagonal 0.5."""
+    matrix = [[0.5] * n for _ in range(n)]
+    for (a, b), p in played.items():
+        matrix[a][b], matrix[b][a] = p, 1.0 - p
+    return matrix
+
+
+def _score_matrices(
+    judge: SupportsScores,
+    prompts: Sequence[Prompt],
+    candidates: Sequence[Sequence[str]],
+    results: list[RankingResult],
+    stats: RankingStats,
+) -> None:
+    """Fill ``prob_matrix`` of every ranked result of a pointwise judge: each off-diagonal P(i beats j) computed on
+    its own from s_i - s_j (``preference_from_scores``), else from one batched ``compare`` over all ordered pairs."""
+    ranked = [i for i, r in enumerate(results) if r.skipped is None]
+    cells = [(i, a, b) for i in ranked for a in range(len(candidates[i])) for b in range(len(candidates[i])) if a != b]
+    if not cells:
+        return
+    if callable(getattr(judge, "preference_from_scores", None)):
+        differences = [results[i].scores[a] - results[i].scores[b] for i, a, b in cells]
+        probs = check_probabilities(judge, judge.preference_from_scores(differences), len(cells))
+    else:
+        probs = judge.compare(
+            [prompts[i] for i, _, _ in cells],
+            [candidates[i][a] for i, a, _ in cells],
+            [candidates[i][b] for i, _, b in cells],
+        )
+        probs = check_probabilities(judge, probs, len(cells))
+        stats.compare_calls += 1
+    for i in ranked:
+        n = len(candidates[i])
+        results[i].prob_matrix = [[0.5] * n for _ in range(n)]
+    for (i, a, b), p in zip(cells, probs):
+        results[i].prob_matrix[a][b] = p
 
 
 def _knockout(order: list[int], find_worst: bool) -> Tournament:
