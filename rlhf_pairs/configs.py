@@ -25,7 +25,7 @@ from rlhf_pairs.judges.templates import TEMPLATE_NAMES
 from rlhf_pairs.pairs import PAIR_STRATEGIES
 from rlhf_pairs.ranking import METHODS
 
-MODES = ("dpo", "rejection_sampling")
+MODES = ("dpo", "rejection_sampling", "sppo")
 REFERENCES = ("initial", "previous")
 BACKENDS = ("hf", "vllm")
 ORDERS = ("both", "random", "as_is")
@@ -451,7 +451,7 @@ class SamplingArguments:
 @dataclass
 class IterateConfig(SamplingArguments):
     """The ``iterate`` job (parsed with :class:`JudgeArguments`, TRL's ``DPOConfig`` -- ``SFTConfig`` with
-    ``mode: rejection_sampling`` -- and ``ModelConfig``).
+    ``mode: rejection_sampling``; with ``mode: sppo``, ``loss_type`` sppo or sppo_single -- and ``ModelConfig``).
 
     Data: ``dataset_name``, ``dataset_config``, ``dataset_train_split``, ``prompt_column``, ``system_message``,
     ``prompts_per_round``, ``eval_dataset_name``, ``dataset_test_split``, ``num_eval_prompts``. Generation:
@@ -495,7 +495,9 @@ class IterateConfig(SamplingArguments):
     mode: str = field(
         default="dpo",
         metadata={
-            "help": f"One of {MODES}; rejection_sampling trains with TRL's SFTConfig fields instead of DPOConfig."
+            "help": f"One of {MODES}; rejection_sampling trains with TRL's SFTConfig fields instead of DPOConfig; "
+            "sppo (uclaml/SPPO): round-robin P matrix, chosen/rejected with win-rate targets, DPOConfig with "
+            "loss_type sppo or sppo_single (needs ranking_method round_robin)."
         },
     )
     pair_strategy: str = field(default="max_min", metadata={"help": f"One of {PAIR_STRATEGIES}."})
@@ -525,6 +527,16 @@ class IterateConfig(SamplingArguments):
         ):
             check_choice(name, getattr(self, name), allowed)
         check_positive(self, "rounds", "shard_size", "eval_max_new_tokens", "prompts_per_round")
+        if self.mode == "sppo" and self.ranking_method != "round_robin":
+            raise ValueError(
+                "`mode: sppo` needs the full P matrix of every prompt: set `ranking_method: round_robin` (got "
+                f"{self.ranking_method!r})"
+            )
+        if self.mode == "sppo" and self.pair_strategy != "max_min":
+            raise ValueError(
+                "`mode: sppo` picks chosen/rejected by SPPO's own rule (max and min score): `pair_strategy` must "
+                f"stay max_min, got {self.pair_strategy!r}"
+            )
         if self.num_eval_prompts < 0:
             raise ValueError(f"`num_eval_prompts` must be >= 0, got {self.num_eval_prompts}")
 

@@ -13,9 +13,14 @@ marker and a ``stage.json`` holding the fingerprint of the configuration that pr
    match where best and worst did not meet, so every prompt has P(best beats worst) (its ``margin``).
 3. ``pairs``: DPO pairs (``max_min`` or ``max_random``) or, with ``mode: rejection_sampling``, SFT rows of the best
    candidates; ``min_margin`` drops prompts whose best beats their worst with a lower probability. Dropped rows are
-   counted by reason (:mod:`rlhf_pairs.pairs`).
+   counted by reason (:mod:`rlhf_pairs.pairs`). With ``mode: sppo`` the rank stage plays a round robin and keeps
+   each prompt's P matrix, and the pairs are uclaml/SPPO's: chosen/rejected with the win-rate targets
+   ``chosen_probs``, ``chosen_probs_win``, ``chosen_probs_lose`` (:func:`~rlhf_pairs.pairs.build_sppo_pairs`), in
+   ``pairs.jsonl`` and, for uclaml/SPPO's own ``run_sppo.py`` (which loads a folder), in ``train.parquet``; the
+   summary adds the targets' means and spreads.
 4. ``train``: TRL's ``DPOTrainer`` (reference = the initial policy, or the round's starting policy with
-   ``reference: previous``, passed explicitly) or ``SFTTrainer`` (:mod:`rlhf_pairs.trainer.round_training`); LoRA
+   ``reference: previous``, passed explicitly), its subclass with SPPO's loss for ``mode: sppo``
+   (:mod:`rlhf_pairs.trainer.sppo_trainer`), or ``SFTTrainer`` (:mod:`rlhf_pairs.trainer.round_training`); LoRA
    through TRL's ``ModelConfig`` (``use_peft``), merged into the saved model. Trainer checkpoints go to
    ``train.partial/``; a killed training resumes from the last complete one.
 5. ``eval`` (when there are held-out prompts): greedy completions of the new and the previous policy, judged
@@ -45,7 +50,7 @@ from accelerate.utils.memory import clear_device_cache
 from rlhf_pairs.configs import IterateConfig, JudgeArguments, RankConfig
 from rlhf_pairs.data_utils import PROMPT_NOTES, judge_prompt
 from rlhf_pairs.generation import GenerationSettings, generate_sharded, hf_generator, vllm_generator
-from rlhf_pairs.pairs import build_dpo_pairs, build_sft_rows
+from rlhf_pairs.pairs import build_dpo_pairs, build_sft_rows, build_sppo_pairs, sppo_target_summary
 from rlhf_pairs.trainer.iterative_metrics import RoundLogger, collect_metrics, start_trackers, write_metrics
 from rlhf_pairs.trainer.iterative_plan import load_prompts, plan_stages
 from rlhf_pairs.trainer.round_training import train_round
@@ -66,7 +71,8 @@ class IterativeLoop:
 
     Features: per-round prompt slices or per-round prompt sets (``{round}`` in ``dataset_name``); HF or vLLM
     generation, reproducible for any number of processes; knockout or round-robin ranking with the pair judge; DPO
-    (``DPOConfig`` fields) or rejection sampling (``SFTConfig`` fields), LoRA merged after each round; held-out win
+    (``DPOConfig`` fields), SPPO (``DPOConfig`` with ``loss_type`` sppo or sppo_single) or rejection sampling
+    (``SFTConfig`` fields), LoRA merged after each round; held-out win
     rate; ``metrics.jsonl``/``metrics.png`` and the ``report_to`` trackers; stage-by-stage resume after a kill;
     refusal (or ``--redo``) of finished stages whose configuration changed. Models load through
     :mod:`rlhf_pairs.utils.models` (``ModelConfig`` and ``model_init_kwargs``), all but the trained ones whole
@@ -85,8 +91,8 @@ class IterativeLoop:
     with it); under :func:`run_loop`, SIGINT/SIGTERM stop the run promptly, also when a finaliser swallowed the
     interrupt (it is raised again at the next shard, step or stage), and the finished stages stay resumable.
 
-    **Raises**: ``ValueError`` for a bad config or dataset (named) or a trainer config of the wrong class for
-    ``mode``; :class:`~rlhf_pairs.trainer.stages.StageConfigChanged` for a changed finished stage; ``RuntimeError``
+    **Raises**: ``ValueError`` for a bad config or dataset (named), a trainer config of the wrong class for
+    ``mode`` or an SPPO ``loss_type`` with another mode (and another ``loss_type`` with ``mode: sppo``); :class:`~rlhf_pairs.trainer.stages.StageConfigChanged` for a changed finished stage; ``RuntimeError``
     when a round keeps no pairs to train on; :class:`~rlhf_pairs.utils.locking.OutputLocked` when another run uses
     ``output_dir``; ``KeyboardInterrupt`` / ``SystemExit`` on SIGINT / SIGTERM.
     """
@@ -96,11 +102,25 @@ class IterativeLoop:
 
         if not model_args.model_name_or_path:
             raise ValueError("`model_name_or_path` (the initial policy) is required")
-        expected = DPOConfig if config.mode == "dpo" else SFTConfig
+        expected = SFTConfig if config.mode == "rejection_sampling" else DPOConfig
         if not isinstance(training_args, expected):
             raise ValueError(
                 f"`mode: {config.mode}` trains with TRL's {expected.__name__}, got {type(training_args).__name__}"
             )
+        if expected is DPOConfig:
+            from rlhf_pairs.trainer.sppo_trainer import SPPO_LOSS_TYPES, is_sppo_loss
+
+            loss_types = list(training_args.loss_type)
+            if config.mode == "sppo" and (len(loss_types) != 1 or loss_types[0] not in SPPO_LOSS_TYPES):
+                raise ValueError(
+                    f"`mode: sppo` trains with SPPO's loss: set `loss_type` to one of {SPPO_LOSS_TYPES}, got "
+                    f"{training_args.loss_type}"
+                )
+            if config.mode == "dpo" and is_sppo_loss(training_args):
+                raise ValueError(
+                    f"`loss_type` {training_args.loss_type} reads SPPO's win-rate targets, which only `mode: sppo` "
+                    "builds"
+                )
         self.config = config
         self.judge_args = judge_args
         self.args = training_args
@@ -273,6 +293,7 @@ class IterativeLoop:
                 shard_size=cfg.shard_size,
                 complete_margins=True,
                 system_message=cfg.system_message,
+                prob_matrix=cfg.mode == "sppo",
             ),
             self.judge_args,
         )
@@ -299,21 +320,33 @@ class IterativeLoop:
             return
         cfg = self.config
         rows = read_jsonl(self._stage(stage.round_index, "rank").path / "rankings.jsonl")
+        targets = {}
         if cfg.mode == "dpo":
             out, counts = build_dpo_pairs(rows, cfg.pair_strategy, cfg.min_margin, seed=self.args.seed)
+        elif cfg.mode == "sppo":
+            out, counts = build_sppo_pairs(rows, cfg.min_margin)
+            targets = sppo_target_summary(out)
         else:
             out, counts = build_sft_rows(rows, cfg.min_margin)
         if not out:
             raise RuntimeError(
                 f"{stage.label} kept no rows to train on ({counts}); lower `min_margin` or check the candidates"
             )
-        margins = [r["margin"] for r in out if r.get("margin") is not None]
+        # P(chosen beats rejected) of the kept pairs: their margin, SPPO's chosen_probs
+        margins = [r["margin"] if "margin" in r else r.get("chosen_probs") for r in out]
+        margins = [m for m in margins if m is not None]
         staging = stage.staging_dir()
         write_jsonl_atomic(staging / self._pairs_file(), out)
-        stage.commit(staging, {**counts, "mean_margin_kept": sum(margins) / len(margins) if margins else None})
+        if cfg.mode == "sppo":  # their file too: run_sppo.py loads this folder (its train.parquet) as it is
+            import datasets
+
+            datasets.Dataset.from_list(out).to_parquet(str(staging / "train.parquet"))
+        stage.commit(
+            staging, {**counts, "mean_margin_kept": sum(margins) / len(margins) if margins else None, **targets}
+        )
 
     def _pairs_file(self) -> str:
-        return "pairs.jsonl" if self.config.mode == "dpo" else "sft.jsonl"
+        return "sft.jsonl" if self.config.mode == "rejection_sampling" else "pairs.jsonl"
 
     # ---- stage 4: train ----
     def _train(self, stage: Stage) -> None:

@@ -184,7 +184,10 @@ def plan_stages(
                 "generation_batch_size", "generation_backend", "shard_size",
             )},
         }, inputs={"prompts_sha256": f"the prompts of round {k} read from {_prompt_source(cfg, k)}"})  # fmt: skip
-        rank = Stage(root, k, "rank", {"generate": generate.digest, **judge, "method": cfg.ranking_method})
+        rank = Stage(root, k, "rank", {
+            "generate": generate.digest, **judge, "method": cfg.ranking_method,
+            **({"prob_matrix": True} if cfg.mode == "sppo" else {}),  # only then, so finished runs still resume
+        })  # fmt: skip
         pairs = Stage(root, k, "pairs", {
             "rank": rank.digest, "mode": cfg.mode, "pair_strategy": cfg.pair_strategy,
             "min_margin": cfg.min_margin, "seed": seed,

@@ -1,5 +1,6 @@
-"""One round's training in the iterative loop: TRL's ``DPOTrainer`` on the round's pairs, or ``SFTTrainer`` on the
-best candidates (rejection sampling), resumable from its last complete checkpoint, saved as a plain model.
+"""One round's training in the iterative loop: TRL's ``DPOTrainer`` on the round's pairs (``SPPOTrainer``, its
+subclass with SPPO's loss, when ``loss_type`` is sppo or sppo_single), or ``SFTTrainer`` on the best candidates
+(rejection sampling), resumable from its last complete checkpoint, saved as a plain model.
 
 The policy, the explicit reference model and the tokenizer load through :mod:`rlhf_pairs.utils.models`, so
 ``ModelConfig`` and the trainer config's ``model_init_kwargs`` apply as everywhere else. LoRA comes from
@@ -38,8 +39,9 @@ def train_round(
 ) -> dict:
     """Train ``policy_path`` on ``rows`` and save the result in ``save_dir``; returns the training summary.
 
-    ``rows`` are DPO pairs (``prompt``/``chosen``/``rejected``) when ``training_args`` is a ``DPOConfig``, SFT rows
-    (``prompt``/``completion``) when it is an ``SFTConfig``; a ``margin`` key is dropped. ``reference_path`` is the
+    ``rows`` are DPO pairs (``prompt``/``chosen``/``rejected``) when ``training_args`` is a ``DPOConfig`` (SPPO pairs,
+    with the win-rate targets, for an SPPO ``loss_type``), SFT rows (``prompt``/``completion``) when it is an
+    ``SFTConfig``; a ``margin`` key is dropped. ``reference_path`` is the
     DPO reference, passed to the trainer explicitly: TRL would otherwise rebuild it from the *policy's* path or, with
     LoRA, use the policy with its adapter disabled. That adapter-less policy is used only when it is the reference
     (``reference_path == policy_path``); otherwise the reference loads as a separate model.
@@ -76,9 +78,12 @@ def train_round(
     if dpo:
         from trl import DPOTrainer
 
+        from rlhf_pairs.trainer.sppo_trainer import SPPOTrainer, is_sppo_loss
+
+        trainer_class = SPPOTrainer if is_sppo_loss(training_args) else DPOTrainer
         adapter_off_is_reference = peft_config is not None and reference_path == policy_path
         ref_model = None if adapter_off_is_reference else load_causal_lm(model_args, training_args, reference_path)
-        trainer = DPOTrainer(model=model, ref_model=ref_model, callbacks=[KillPoint()], **common)
+        trainer = trainer_class(model=model, ref_model=ref_model, callbacks=[KillPoint()], **common)
     else:
         from trl import SFTTrainer
 
