@@ -15,6 +15,7 @@ PARSED_BY = {
     "pair_pm": "test_train_pair_pm.py",
     "pairrm": "test_train_pairrm.py",
     "rank": "test_rank_job.py",
+    "sppo": "test_sppo.py",  # iterate with mode: sppo
 }
 
 
