@@ -322,8 +322,10 @@ def test_loss_is_their_sppo_loss_on_random_inputs(loss_type, beta):
 
 def test_the_trainer_computes_their_loss_from_the_policy_and_reference(tmp_path):
     """Through SPPOTrainer: the probability columns survive TRL's preprocessing and collation (in row order, float64)
-    and the loss is theirs on the summed response log-probs of the policy and a *different* reference."""
+    and the loss is theirs on the summed response log-probs of the policy and a *different* reference; with LoRA the
+    reference is the adapter-free policy."""
     from datasets import Dataset
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig
 
@@ -339,10 +341,10 @@ def test_the_trainer_computes_their_loss_from_the_policy_and_reference(tmp_path)
     ]  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
 
-    def trainer_for(args, rows, ref_model=None):
+    def trainer_for(args, rows, ref_model=None, peft_config=None):
         model = AutoModelForCausalLM.from_pretrained(policy_path)
         return SPPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows),
-                           processing_class=tokenizer)  # fmt: skip
+                           processing_class=tokenizer, peft_config=peft_config)  # fmt: skip
 
     for loss_type in ("sppo", "sppo_single"):
         args = DPOConfig(str(tmp_path / "out"), loss_type=loss_type, beta=0.1, use_cpu=True, bf16=False,
@@ -357,6 +359,16 @@ def test_the_trainer_computes_their_loss_from_the_policy_and_reference(tmp_path)
         expected = their_sppo_loss(0.1, loss_type, *policy, *reference, *(batch[name] for name in columns))
         assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
         assert (policy[0] - reference[0]).abs().max() > 0.1  # a real reference, not the policy again
+    # LoRA: the reference is the policy with its adapter disabled (TRL's), so a fresh adapter gives r = 0 exactly.
+    trainer = trainer_for(args, rows, peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    zero = torch.zeros(4, dtype=torch.float32)
+    assert (
+        loss.item()
+        == their_sppo_loss(0.1, "sppo_single", zero, zero, zero, zero, *(batch[n] for n in columns)).mean().item()
+    )
     with pytest.raises(ValueError, match="chosen_probs"):
         trainer_for(args, [{k: r[k] for k in ("chosen", "rejected")} for r in rows])
     with pytest.raises(ValueError, match="loss_type"):
