@@ -243,6 +243,29 @@ def test_pointwise_judge_pairs_are_their_compute_prob_on_random_scores(score_dty
     assert tied > 0 and counts == {"kept": len(scores) - tied, "not_ranked": 0, "identical": tied, "below_margin": 0}
 
 
+def test_a_pointwise_judge_without_preference_from_scores_fills_p_with_one_compare_call():
+    """A pointwise judge that only has score_responses and compare (e.g. a served reward model): every ordered pair
+    in one batched compare call, each entry on its own (not 1 - the other order)."""
+
+    class Scored:
+        calls = 0
+
+        def score_responses(self, prompts, responses):
+            return [float(len(text)) for text in responses]
+
+        def compare(self, prompts, responses_a, responses_b):
+            Scored.calls += 1
+            return [1 / (1 + math.exp(len(b) - len(a))) for a, b in zip(responses_a, responses_b)]
+
+    rows = [{"prompt": "p", "responses": ["a", "abc", "ab"]}, {"prompt": "q", "responses": ["xy", "x"]}]
+    ranked, stats = rank_rows(Scored(), rows, "round_robin", 0, True, False, prob_matrix=True)
+    assert Scored.calls == stats.compare_calls == 2  # one for the margins, one for every matrix entry
+    sigmoid = lambda d: 1 / (1 + math.exp(-d))  # noqa: E731
+    assert ranked[0]["prob_matrix"] == [[0.5, sigmoid(-2), sigmoid(-1)], [sigmoid(2), 0.5, sigmoid(1)],
+                                        [sigmoid(1), sigmoid(-1), 0.5]]  # fmt: skip
+    assert build_sppo_pairs(ranked)[0][0]["chosen"][-1]["content"] == "abc"
+
+
 @pytest.mark.parametrize("k", [2, 3, 5, 7])
 def test_pair_judge_pairs_are_their_rule_on_the_row_means(k):
     """A general pair judge: P from its ``compare`` (round robin), each response's score the row mean of P, then
