@@ -14,8 +14,10 @@ TRL's own ``sppo_hard`` is the hard-label variant without the division by 2.
 Everything else is TRL's: tokenization (the prompt may be implicit in ``chosen``/``rejected`` conversations, SPPO's
 file format), the reference model (a separate model, or the policy with its LoRA adapter disabled), DeepSpeed/FSDP
 preparation, ``precompute_ref_log_probs``, MoE auxiliary loss and the logged ``rewards/*`` and ``logps/*`` metrics
-(rewards = beta * r, as both TRL and SPPO log them). The three probability columns are kept through TRL's column
-removal and batched as float64 tensors by :class:`ProbabilityCollator`.
+(rewards = beta * r, as both TRL and SPPO log them; TRL's entropy, ``logits/*`` and token-accuracy metrics are not
+computed). The three probability columns are kept through TRL's column removal and batched as float64 tensors by
+:class:`ProbabilityCollator`. The loss computation overrides ``DPOTrainer._compute_loss`` (TRL 1.16), whose loss
+types are a closed list.
 
 **Assumptions**: text datasets with ``chosen``/``rejected`` (and an optional ``prompt``) plus the columns of
 :data:`~rlhf_pairs.pairs.SPPO_PROBABILITY_COLUMNS`, e.g. :func:`rlhf_pairs.pairs.build_sppo_pairs`' rows or
