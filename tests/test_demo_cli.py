@@ -237,7 +237,8 @@ def test_the_plot_shows_steps_margins_and_the_win_rate_with_its_interval(tmp_pat
         (train / "log_history.json").write_text(json.dumps([*history, {"step": len(history), "train_loss": 0.6}]))
         rank = tmp_path / f"round_{k}" / "rank"
         rank.mkdir()
-        (rank / "rankings.jsonl").write_text("".join(json.dumps({"margin": m}) + "\n" for m in [*margins[k], None]))
+        rows = [{"margin": m, "responses": ["a\u2028b\u0085c"]} for m in [*margins[k], None]]  # raw, as our writer
+        (rank / "rankings.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         metrics.append({"round": k, "eval/win_rate": 0.5 + k / 10, "eval/ci_low": 0.2 + k / 10, "eval/ci_high": 0.9})
     fig = plot_rounds(tmp_path, metrics, tmp_path / "metrics.png")
     assert (tmp_path / "metrics.png").read_bytes()[:4] == b"\x89PNG"

@@ -439,9 +439,12 @@ def test_generation_is_seeded_and_rejects_greedy_with_several_candidates(inputs)
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "iterative_dpo").glob("*.yaml")), ids=lambda p: p.name)
 def test_iterate_recipes_parse(recipe):
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU-only machine.
-    argv = ["--config", str(recipe), "--dataset_name", "x.jsonl", "--judge", "j", "--bf16", "false"]
+    judge_name = "http://judge-host:8000/v1" if "served" in recipe.name else "j"  # an API judge needs its URL
+    argv = ["--config", str(recipe), "--dataset_name", "x.jsonl", "--judge", judge_name, "--bf16", "false"]
     config, judge, training, model = make_parser(argv=argv).parse_args_and_config(args=argv)
-    assert judge.judge == "j" and type(training).__name__ == ("SFTConfig" if config.mode != "dpo" else "DPOConfig")
+    assert judge.judge == judge_name and type(training).__name__ == (
+        "SFTConfig" if config.mode != "dpo" else "DPOConfig"
+    )
     assert config.rounds >= 1 and training.learning_rate > 0 and config.num_candidates >= 2
     if recipe.name.startswith("llama3"):
         assert (model.model_name_or_path, training.learning_rate, training.beta) == ("RLHFlow/LLaMA3-SFT", 5e-7, 0.1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_pairs.utils.io import atomic_path
+from rlhf_pairs.utils.io import atomic_path, read_jsonl
 
 
 def _figure(**kwargs):
@@ -55,7 +55,7 @@ def plot_rounds(root: str | Path, metrics: list[dict], path: str | Path | None =
     for m in metrics:
         rankings = root / f"round_{m['round']}" / "rank" / "rankings.jsonl"
         if rankings.exists():
-            rows = [json.loads(line) for line in rankings.read_text().splitlines() if line.strip()]
+            rows = read_jsonl(rankings)  # lines end at \n only: generated text may hold U+2028
             margins = [r["margin"] for r in rows if r.get("margin") is not None]
             if margins:
                 margin_ax.hist(margins, bins=20, range=(0, 1), histtype="step", label=f"round {m['round']}")
