@@ -137,7 +137,7 @@ def build_sft_rows(rows: Sequence[dict], min_margin: float | None = None) -> tup
 
 
 def sppo_choice(prob_matrix: Sequence[Sequence[float]], scores: Sequence[float] | None = None) -> dict:
-    """SPPO's chosen/rejected and win-rate targets from one prompt's K x K matrix P[i][j] = P(i beats j) (diagonal
+    """SPPO's chosen/rejected and win-rate targets from one prompt's K x K matrix ``P[i][j]`` = P(i beats j) (diagonal
     0.5), as uclaml/SPPO's ``scripts/compute_prob.py`` (commit 5e61c4e, ``prepare_score``) computes them:
 
     - per-response score: ``scores`` when given (their rule: PairRM's own per-response scores; here a pointwise
@@ -145,12 +145,12 @@ def sppo_choice(prob_matrix: Sequence[Sequence[float]], scores: Sequence[float] 
       divided by K), the score of a general pair judge;
     - chosen ``w`` = the first argmax of the scores, rejected ``l`` = the first argmin (numpy's ``argmax``/``argmin``
       tie rule: when every score ties, w = l = 0);
-    - ``chosen_probs`` = P[w][l]; ``chosen_probs_win`` = sum(P[w]) / K and ``chosen_probs_lose`` = sum(P[l]) / K,
+    - ``chosen_probs`` = ``P[w][l]``; ``chosen_probs_win`` = sum(P[w]) / K and ``chosen_probs_lose`` = sum(P[l]) / K,
       the diagonal counted as 0.5 and the divisor K, not K - 1.
 
-    With a pointwise judge, P[i][j] = sigmoid((s_i - s_j) / T) is increasing in s_i, so its row means rank the
+    With a pointwise judge, ``P[i][j]`` = sigmoid((s_i - s_j) / T) is increasing in s_i, so its row means rank the
     responses as the scores do, up to float rounding. With PairRM, their scores are LLM-Blender's
-    s_i = mean_j (C[i][j] - C[j][i]) over the logit matrix C and their P = sigmoid(s_i - s_j); a pair judge here
+    s_i = mean_j (``C[i][j]`` - ``C[j][i]``) over the logit matrix C and their P = sigmoid(s_i - s_j); a pair judge here
     gives P its own pairwise probabilities (both orders averaged) and ranks by their row means, which agrees with
     the argmax of s only approximately. Sums are exactly rounded (``math.fsum``), so identical texts (identical
     rows) score alike. Returns ``{"chosen", "rejected", "chosen_probs", "chosen_probs_win", "chosen_probs_lose"}``.

@@ -10,7 +10,7 @@ own scores), ``num_comparisons``, ``num_scored`` (responses a pointwise judge sc
 matches, see :mod:`rlhf_pairs.ranking`), ``margin``, ``skipped`` and, for
 DPO, ``chosen``/``rejected`` (the best and worst responses in TRL's preference format matching the prompt, see
 :func:`~rlhf_pairs.pairs.preference_columns`; ``None`` for a skipped prompt) and, with ``prob_matrix``, the
-``prob_matrix`` column (per prompt P[i][j] = P(response i beats response j), diagonal 0.5: SPPO's input, see
+``prob_matrix`` column (per prompt ``P[i][j]`` = P(response i beats response j), diagonal 0.5: SPPO's input, see
 :mod:`rlhf_pairs.ranking`; ``None`` for a skipped prompt).
 
 What the judge reads of a prompt follows :func:`~rlhf_pairs.data_utils.prepare_prompt`, as in every job: leading

@@ -43,8 +43,8 @@ its cached scores; a judge with ``preference_from_scores``, such as a reward jud
 directly, without a call). ``pointwise=False`` forces the tournament with such a judge.
 
 Probability matrices (``prob_matrix=True``, SPPO's input, see :func:`rlhf_pairs.pairs.build_sppo_pairs`): per prompt
-the K x K matrix P[i][j] = P(candidate i beats candidate j), diagonal 0.5. Round robin fills it from its matches
-(P[j][i] = 1 - P[i][j], identical texts 0.5); a pointwise judge from its scores, every off-diagonal entry computed
+the K x K matrix ``P[i][j]`` = P(candidate i beats candidate j), diagonal 0.5. Round robin fills it from its matches
+(``P[j][i]`` = 1 - ``P[i][j]``, identical texts 0.5); a pointwise judge from its scores, every off-diagonal entry computed
 on its own as P(i beats j) = ``preference_from_scores([s_i - s_j])`` (sigmoid((s_i - s_j) / T) for a reward judge,
 as uclaml/SPPO's ``compute_prob.py`` turns PairRM scores into P), or one batched ``compare`` over all ordered pairs
 for a pointwise judge without it. Knockout plays too few matches for a matrix.
@@ -114,7 +114,7 @@ class RankingResult:
         margin: P(best beats worst) when those two met in a match (always for round robin, for n = 2 and with a
             pointwise judge), else ``None``.
         num_scored: candidates scored one at a time by a pointwise judge (n, cache hits included); 0 otherwise.
-        prob_matrix: with ``prob_matrix=True``, P[i][j] = P(candidate i beats candidate j) for every ordered pair,
+        prob_matrix: with ``prob_matrix=True``, ``P[i][j]`` = P(candidate i beats candidate j) for every ordered pair,
             diagonal 0.5 (see the module docstring); else ``None``.
     """
 
@@ -359,7 +359,7 @@ def _rank_by_scores(
 
 
 def _matrix_from_matches(n: int, played: dict[Match, float]) -> list[list[float]]:
-    """P[i][j] = P(i beats j) from a round robin's matches (P[b][a] = 1 - P[a][b]), diagonal 0.5."""
+    """``P[i][j]`` = P(i beats j) from a round robin's matches (``P[b][a]`` = 1 - ``P[a][b]``), diagonal 0.5."""
     matrix = [[0.5] * n for _ in range(n)]
     for (a, b), p in played.items():
         matrix[a][b], matrix[b][a] = p, 1.0 - p

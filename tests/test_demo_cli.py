@@ -138,7 +138,7 @@ def test_smollm2_converts_and_judges(tmp_path):
     assert 0.0 < judge.compare(["What is 2 + 2?"], ["4"], ["5"])[0] < 1.0
 
 
-# The README's table (section Judges): SmolLM2-135M-Instruct zero-shot on the bundled sanity pairs, CPU fp32.
+# The table in docs/judges.md: SmolLM2-135M-Instruct zero-shot on the bundled sanity pairs, CPU fp32.
 SMOLLM2_TEMPLATES = {  # template: (agreement, position consistency, first-position bias)
     "rlhflow": (0.50, 0.08, -0.04),
     "alpaca_eval": (0.33, 0.00, -0.19),

@@ -677,9 +677,9 @@ def test_an_option_the_class_does_not_take_is_refused_by_name(judge_module, tmp_
     assert read_jsonl(out)[0]["best"] == 1
 
 
-def test_the_readme_custom_judge_example_runs_as_written(tmp_path, monkeypatch):
-    """The README's ten-line judge by import path, copied from the README, through the rank job."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_the_docs_custom_judge_example_runs_as_written(tmp_path, monkeypatch):
+    """The docs' ten-line judge by import path (docs/judges.md), copied from the page, through the rank job."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "judges.md").read_text()
     start = readme.index("# my_judges.py (on PYTHONPATH)")
     code = readme[start : readme.index("```", start)]
     (tmp_path / "my_judges.py").write_text(code)

@@ -56,8 +56,9 @@ class OpenAIJudge(PairwiseJudge):
     Args:
         base_url: the API base, e.g. ``http://host:8000/v1`` or ``https://api.openai.com/v1``.
         model: the served model's name; ``None`` takes the server's only model (``GET /models``).
-        template, labels: the judge prompt (:func:`~rlhf_pairs.judges.templates.load_template`); default
-            ``alpaca_eval`` (a one-token verdict, read from logprobs).
+        template: the judge prompt (:func:`~rlhf_pairs.judges.templates.load_template`); default ``alpaca_eval`` (a
+            one-token verdict, read from logprobs).
+        labels: replaces the template's verdict labels.
         temperature: of the soft verdict's softmax (the request itself is sent with temperature 0).
         max_tokens: tokens to generate; default 5 for a verdict-first template, 1024 for one that explains first.
         top_logprobs: alternatives asked per token (OpenAI allows 0-20).
