@@ -1,45 +1,15 @@
-"""The ``eval`` job's runner (``rlhf-pairs eval``, :mod:`rlhf_pairs.scripts.eval_judge`): a judge on RewardBench or any
-data in its format, sharded over processes, into ``report.json``, ``per_example.jsonl``, ``report.md`` and
-``sections.png`` under ``output_dir``.
+"""The ``eval`` job's runner (``rlhf-pairs eval``): a judge on RewardBench or any data in its format (``prompt``,
+``chosen``, ``rejected``, ``subset``), sharded over processes, into ``report.json``, ``per_example.jsonl``,
+``report.md`` and ``sections.png`` under ``output_dir`` (each written atomically by the main process).
 
-Input: any datasets-loadable source with ``prompt`` (str or messages), ``chosen``, ``rejected`` and ``subset``
-(default ``allenai/reward-bench``, split ``filtered``). Outputs under ``output_dir``, each written atomically by the
-main process:
+Every row is checked before the judge loads (named by its file line); an existing report is kept without
+``overwrite``; one run per ``output_dir``. Fixed shards of ``shard_size`` pairs, each judged on its own (the judge's
+cache cleared per shard, the judge on plain ``cpu`` on a CPU), so on CPU the outputs of 1 and N processes are
+bit-identical for one thread count. A reward model is scored by RewardBench's classifier rule (rewardbench 0.1.4
+``scripts/run_rm.py``). The metrics: :mod:`rlhf_pairs.evaluation`; the long form: ``docs/evaluation.md``.
 
-- ``report.json``: :func:`rlhf_pairs.evaluation.build_report` (per-subset accuracy, RewardBench's four section
-  scores and their mean, ties, position consistency and bias, length bias) plus the job's settings;
-- ``per_example.jsonl``: one record per input row, in input order (:func:`rlhf_pairs.evaluation.score_examples`);
-- ``report.md``: the same numbers as readable tables; ``sections.png``: a bar chart of the sections.
-
-A reward model (``--judge_type reward_model``, or any judge with ``score_responses``) is scored as RewardBench's
-``scripts/run_rm.py`` (rewardbench 0.1.4) scores a classifier: the chosen and the rejected response get one reward
-each and ``correct`` is reward(chosen) > reward(rejected) on the raw rewards (equal rewards: the ``ties`` rule, wrong
-by default as in run_rm.py). ``per_example.jsonl`` keeps both rewards and the report's ``decided_by`` /
-``correct_rule`` (and a line of ``report.md``) say so; P(chosen) = sigmoid((r_c - r_r) / T) is still reported.
-
-The rows are cut into fixed shards of ``shard_size`` pairs; process k of K judges shards k, k+K, ... and the records
-are gathered and put back in input order. Each shard is judged on its own, in the same batches whatever K (the
-judge's score cache is cleared at the start of every shard, so no shard depends on the shards judged before it), and
-on CPU every process loads the judge on device ``cpu`` (not the process group's ``cpu:0``: moving a model there copies
-its weights into differently aligned memory, and MKL's float32 matmuls round differently by alignment). Hence:
-
-- CPU: with the same machine, software and thread count (``OMP_NUM_THREADS``), the outputs of 1 and K processes are
-  bit-identical (tested). A different thread count changes float32 rounding.
-- GPU: not tested. The batches are the same, but GPU kernels (bf16 by default) are not guaranteed bit-deterministic,
-  so scores may differ in the last bits between runs, whatever K.
-
-Timing (pairs/s) goes to the log line and the returned summary, not into the report.
-
-Every row is checked before the judge loads (:func:`rlhf_pairs.evaluation.check_rewardbench_rows`), located by its
-line in a local ``.jsonl`` file: the columns, the responses, and the prompt, read with the rule every job applies
-(:func:`rlhf_pairs.data_utils.prepare_prompt`: leading system turns merged into the first user turn, dropped or
-refused per ``system_message``; the report's ``metadata.prompt_notes`` and the log line count the prompts it
-changed). So is the output: an existing report is kept without ``overwrite``, another run on the same ``output_dir``
-is refused (naming its pid and host), and an ``output_dir`` that cannot be written fails before any judging.
-
-Assumptions: every row is one comparison; a subset outside RewardBench's sections is reported on its own and left
-out of the sections. Raises ``ValueError`` for an empty dataset, a missing column, a non-string response or a prompt
-the judge cannot read.
+Raises ``ValueError`` for an empty dataset, a missing column, a non-string response or a prompt the judge cannot
+read; ``PermissionError`` when ``output_dir`` cannot be written.
 """
 
 from __future__ import annotations

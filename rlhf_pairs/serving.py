@@ -1,41 +1,13 @@
 """A judge as an HTTP service (``rlhf-pairs serve-judge``): load a judge once, call it from every process and node.
 
-Stack: FastAPI on uvicorn (the ``serve`` extra), the stack vLLM's and TGI-style OpenAI servers use: an asyncio
-server whose request handling never blocks on the model (judge calls run in worker threads), with maintained
-HTTP/1.1 keep-alive, and a small dependency set. Request bodies are read and checked by hand rather than with
-pydantic models, so that a bad request gets exactly the message the local judge raises for the same input.
-
-Endpoints (JSON in, JSON out; floats are written with ``repr``, so they round-trip exactly):
-
-- ``GET /health``: ``{"status": "ok"}``; always open (for load balancers and start-up checks).
-- ``GET /info``: the judge (name, type, class, dtype, devices, max lengths, temperature), whether it is
-  ``pointwise`` (has per-response scores), the server's limits (``max_body_bytes``, ``max_batch_rows``) and
-  ``merge_requests``.
-- ``POST /compare`` ``{"prompts", "responses_a", "responses_b"}`` -> ``{"probabilities": [...]}``:
-  ``judge.compare``, P(a better than b) per row.
-- ``POST /score`` ``{"prompts", "responses"}`` -> ``{"scores": [...]}``: ``judge.score_responses``, for a
-  pointwise judge (a reward model); 404 for a pair judge.
-
-Access: with an API key (``serve-judge --api_key``, or ``RLHF_PAIRS_JUDGE_API_KEY`` in the server's environment) every
-route but ``/health`` needs ``Authorization: Bearer <key>``, compared in constant time before the body is read; a
-missing or wrong key gets 401 with ``WWW-Authenticate: Bearer`` and ``{"error": ...}`` (never the key), and nothing
-else. ``serve-judge`` refuses a non-loopback ``host`` without a key unless ``--allow_unauthenticated true``. The key
-is never logged nor shown by ``/info``.
-
-Errors: 400 with ``{"error": message}`` for malformed JSON or inputs the judge refuses (the message is the judge's
-own ``ValueError``), 413 for a body over ``max_body_bytes``, 500 when the judge fails (an exception, or a value that is
-not a finite number); the server keeps serving, and a merged call that fails is retried request by request, so one
-request's bad rows never fail another's.
-
-Batching: requests wait in one queue; a worker takes the oldest and, with ``merge_requests``, every queued request of
-the same kind behind it up to ``max_batch_rows`` rows, and makes one judge call over all their rows (the judge sorts
-them by length into its own batches). Merged requests share batches, so their fp32/bf16 results can differ from a
-lone call in the last bits, as any batching does; ``merge_requests=False`` scores each request on its own, in
-arrival order, bit-identical to an in-process call on the same rows.
-
-Several devices: ``devices=["cuda:0", "cuda:1", ...]`` loads one copy of the judge per device, each with its own
-worker on the shared queue, behind one port (the alternative, one server per device on its own port, also works;
-the clients then split the load themselves).
+Endpoints (JSON in, JSON out; floats round-trip exactly): ``GET /health`` (always open), ``GET /info`` (the judge,
+its settings and the server's limits), ``POST /compare`` ``{"prompts", "responses_a", "responses_b"}`` ->
+``{"probabilities"}``, ``POST /score`` ``{"prompts", "responses"}`` -> ``{"scores"}`` (pointwise judges; 404
+otherwise). With an API key every route but ``/health`` needs ``Authorization: Bearer <key>`` (constant-time, before
+the body is read; 401 otherwise, never echoing the key). Errors: 400 with the judge's own message for inputs it
+refuses, 413 for a body over ``max_body_bytes``, 500 when the judge fails; the server keeps serving. Requests queue
+and, with ``merge_requests``, share judge calls; ``devices`` puts one judge copy per device behind one port. How and
+why (FastAPI on uvicorn, the queue, merging, several devices): ``docs/serving.md``.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' `Request` annotation at definition time.
