@@ -14,29 +14,8 @@ import sys
 
 from rlhf_pairs import __version__
 
-# job -> (script module, one-line help)
-JOBS = {
-    "demo": (
-        "rlhf_pairs.scripts.demo",
-        "a round of iterative DPO on the embedded SmolLM2: generate, rank, pairs, DPO, win rate (CPU)",
-    ),
-    "rank": ("rlhf_pairs.scripts.rank", "rank candidate responses per prompt with a pair judge (accelerate-aware)"),
-    "iterate": ("rlhf_pairs.scripts.iterate", "iterative DPO / rejection sampling with a pair judge, resumable"),
-    "best-of-n": (
-        "rlhf_pairs.scripts.best_of_n",
-        "best of n samples per prompt, ranked by a reward model or a pair judge (accelerate-aware, resumable)",
-    ),
-    "eval": ("rlhf_pairs.scripts.eval_judge", "judge accuracy and position/length bias on RewardBench-format pairs"),
-    "online-dpo": ("rlhf_pairs.scripts.online_dpo", "online DPO (TRL) with a pair judge as the reward"),
-    "grpo": ("rlhf_pairs.scripts.grpo", "GRPO (TRL) with pair-judge tournament scores as the reward"),
-    "train-pm": ("rlhf_pairs.scripts.train_pair_pm", "train a pair preference LM (RLHFlow recipe, TRL SFTTrainer)"),
-    "train-pairrm": ("rlhf_pairs.scripts.train_pairrm", "fine-tune a PairRM pair ranker (logistic loss, both orders)"),
-    "serve-judge": (
-        "rlhf_pairs.scripts.serve_judge",
-        "serve a judge over HTTP to every process and node (judge_type remote)",
-    ),
-    "tiny-models": ("rlhf_pairs.scripts.tiny_models", "tiny random models and a sample input per job, to try offline"),
-}
+# JOBS (the job table) lives with the scripts, below this module, and stays importable from here.
+from rlhf_pairs.scripts import JOBS, accelerate_config_path, report_user_errors, run
 
 
 def usage() -> str:
@@ -86,8 +65,6 @@ def launch(module, launch_args: list[str], job_args: list[str]) -> int:
     ``--config_file``; returns the launcher's exit status."""
     import subprocess
 
-    from rlhf_pairs.scripts import accelerate_config_path
-
     args = list(launch_args)
     if "--accelerate_config" in args:
         i = args.index("--accelerate_config")
@@ -114,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhf-pairs: unknown job {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(JOBS[argv[0]][0])
-    from rlhf_pairs.scripts import run
-
     args = argv[1:]
     if "-h" in args or "--help" in args:  # the short help: no parser, launcher or torch to load
         run(module, args)
@@ -130,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 def console_main(argv: list[str] | None = None) -> int:
     """The ``rlhf-pairs`` command: :func:`main`, with a user error (bad input, file, flag value or configuration) as
     one line and exit status 1 instead of a traceback (``RLHF_PAIRS_DEBUG=1`` shows it)."""
-    from rlhf_pairs.scripts import report_user_errors
-
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = f"rlhf-pairs {argv[0]}" if argv and argv[0] in JOBS else "rlhf-pairs"
     status = 0

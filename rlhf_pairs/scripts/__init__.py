@@ -20,6 +20,30 @@ from importlib import resources
 from pathlib import Path
 
 RECIPES_PACKAGE = "rlhf_pairs"
+# The jobs of `rlhf-pairs <job>` (`rlhf_pairs.cli`): job -> (script module, one-line help). Modules by name, so
+# that listing the jobs imports none of them.
+JOBS = {
+    "demo": (
+        "rlhf_pairs.scripts.demo",
+        "a round of iterative DPO on the embedded SmolLM2: generate, rank, pairs, DPO, win rate (CPU)",
+    ),
+    "rank": ("rlhf_pairs.scripts.rank", "rank candidate responses per prompt with a pair judge (accelerate-aware)"),
+    "iterate": ("rlhf_pairs.scripts.iterate", "iterative DPO / rejection sampling with a pair judge, resumable"),
+    "best-of-n": (
+        "rlhf_pairs.scripts.best_of_n",
+        "best of n samples per prompt, ranked by a reward model or a pair judge (accelerate-aware, resumable)",
+    ),
+    "eval": ("rlhf_pairs.scripts.eval_judge", "judge accuracy and position/length bias on RewardBench-format pairs"),
+    "online-dpo": ("rlhf_pairs.scripts.online_dpo", "online DPO (TRL) with a pair judge as the reward"),
+    "grpo": ("rlhf_pairs.scripts.grpo", "GRPO (TRL) with pair-judge tournament scores as the reward"),
+    "train-pm": ("rlhf_pairs.scripts.train_pair_pm", "train a pair preference LM (RLHFlow recipe, TRL SFTTrainer)"),
+    "train-pairrm": ("rlhf_pairs.scripts.train_pairrm", "fine-tune a PairRM pair ranker (logistic loss, both orders)"),
+    "serve-judge": (
+        "rlhf_pairs.scripts.serve_judge",
+        "serve a judge over HTTP to every process and node (judge_type remote)",
+    ),
+    "tiny-models": ("rlhf_pairs.scripts.tiny_models", "tiny random models and a sample input per job, to try offline"),
+}
 # Judge options renamed to JudgeArguments' names in the rank and eval jobs (deprecated aliases for one release).
 RENAMED_JUDGE_OPTIONS = {
     "dtype": "judge_dtype",
@@ -160,8 +184,6 @@ def parse(module, argv: list[str] | None = None) -> tuple:
 
 def job_name(module) -> str:
     """The ``rlhf-pairs`` job whose script ``module`` is (e.g. ``rank``)."""
-    from rlhf_pairs.cli import JOBS
-
     name = module.__name__
     if name == "__main__":  # run as a file (accelerate launch rlhf_pairs/scripts/<job>.py)
         name = f"{__name__}.{Path(module.__file__).stem}"
