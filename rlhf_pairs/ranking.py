@@ -70,7 +70,6 @@ from typing import Protocol
 
 from rlhf_pairs.data_utils import Prompt, prompt_key, validate_prompt
 from rlhf_pairs.utils.hashing import sha256_json
-from rlhf_pairs.win_rate import pair_outcome
 
 METHODS = ("knockout", "round_robin")
 SKIPPED_TOO_FEW = "fewer than 2 candidates"
@@ -443,9 +442,20 @@ def _pair_up(entrants: list[int]) -> list[Match]:
     return list(zip(entrants[0:-1:2], entrants[1::2]))
 
 
+def pair_outcome(p: float, tie_credit: float = 0.5) -> float:
+    """The outcome of one judged pair from P(the first-named response is better): 1.0 when P > 0.5, 0.0 when
+    P < 0.5, and ``tie_credit`` for an exact tie (half a win by default, as win rates count it).
+
+    The one tie rule of the package: win rates (P(completion beats reference)), held-out pairwise accuracy, and judge
+    accuracy on RewardBench (whose pairwise pipelines give a tie no credit: ``evaluation.TIE_RULES``) count a pair
+    with it.
+    """
+    return 1.0 if p > 0.5 else tie_credit if p == 0.5 else 0.0
+
+
 def _winner(a: int, b: int, p: float) -> int:
     """The winner of a match given p = P(a beats b) (the package's one tie rule,
-    :func:`~rlhf_pairs.win_rate.pair_outcome`); an exact tie goes to the lower index."""
+    :func:`pair_outcome`); an exact tie goes to the lower index."""
     outcome = pair_outcome(p)
     return a if outcome == 1.0 else b if outcome == 0.0 else min(a, b)
 

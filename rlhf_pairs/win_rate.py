@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from rlhf_pairs.data_utils import Prompt
 
+# The tie rule and the probability check live in ranking (below this module); pair_outcome stays importable from here.
+from rlhf_pairs.ranking import check_probabilities, pair_outcome
+
 
 @dataclass(frozen=True)
 class WinRate:
@@ -38,17 +41,6 @@ class WinRate:
         return not self.ci_low <= 0.5 <= self.ci_high
 
 
-def pair_outcome(p: float, tie_credit: float = 0.5) -> float:
-    """The outcome of one judged pair from P(the first-named response is better): 1.0 when P > 0.5, 0.0 when
-    P < 0.5, and ``tie_credit`` for an exact tie (half a win by default, as win rates count it).
-
-    The one tie rule of the package: win rates (P(completion beats reference)), held-out pairwise accuracy, and judge
-    accuracy on RewardBench (whose pairwise pipelines give a tie no credit: ``evaluation.TIE_RULES``) count a pair
-    with it.
-    """
-    return 1.0 if p > 0.5 else tie_credit if p == 0.5 else 0.0
-
-
 def win_rate(judge, prompts: Sequence[Prompt], completions: Sequence[str], references: Sequence[str]) -> WinRate:
     """Judge ``completions[i]`` against ``references[i]`` for ``prompts[i]`` in one ``judge.compare`` call.
 
@@ -56,8 +48,6 @@ def win_rate(judge, prompts: Sequence[Prompt], completions: Sequence[str], refer
     Raises ``ValueError`` when the inputs are empty, (from the judge) their lengths differ, or the judge returns
     anything but one probability in [0, 1] per prompt.
     """
-    from rlhf_pairs.ranking import check_probabilities
-
     if not prompts:
         raise ValueError("`prompts` is empty: a win rate needs at least one prompt")
     probabilities = judge.compare(list(prompts), list(completions), list(references))
