@@ -1,62 +1,11 @@
-"""Rank n candidate responses per prompt with a pairwise judge: a knockout tournament or a full round robin.
+"""Rank n candidate responses per prompt with a judge: a knockout tournament, a full round robin, or, for a pointwise
+judge (``score_responses``), sorting by score.
 
-The judge is used only through ``judge.compare(prompts, responses_a, responses_b)`` (P(a is better than b), both
-orders judged), so any object with that method works. Every prompt's tournament advances one round at a time and
-all matches of a round, across all prompts, go to the judge as one batched ``compare`` call.
-
-Knockout (``method="knockout"``) is played over the distinct candidate texts (a repeated text is one entrant, at
-its first index), for n of them:
-
-- The bracket is a shuffle of the candidate indices by a ``random.Random`` seeded from a SHA-256 of
-  (seed, prompt, n), so a prompt's bracket, and therefore its result, depends only on its own inputs and the seed:
-  ranking all prompts in one process, in shards over many processes, or in any order gives the same results.
-- Round 1 pairs the shuffled indices two by two; with n odd the last one gets a bye. In every later round an odd
-  entrant out also gets a bye, and a bye holder is put first in the next round so that it plays there.
-- Winners' bracket: the winners advance until one is left, the ``best``: exactly n - 1 matches.
-- Losers' bracket (``find_worst=True``): the round-1 losers play a knockout in which the *loser* advances; the
-  last one left is the ``worst``. With n odd, the round-1 bye holder has lost nothing yet, so it may be the worst:
-  it joins the losers' bracket at its first loss in the winners' bracket (and never, if it wins them all). So every
-  losers' entrant lost a winners' match and the best never did: ``best != worst`` whatever the judge, also a
-  non-transitive one (real judges have preference cycles). Every candidate outside the pool beat someone, so for a
-  transitive judge the pool holds the true worst and the bracket finds it.
-- Matches: n - 1 for the best, plus one fewer than the losers' pool for the worst: ceil(n/2) - 1, or
-  floor(n/2) - 1 when n is odd and the bye holder is the best. In total at most n - 1 + ceil(n/2) - 1 =
-  ceil(3n/2) - 2, the known minimum for finding both extremes.
-- Mapped back to the candidate list, ``best`` is the best text's lowest index and ``worst`` the worst text's highest
-  index (as round robin breaks its ties); so the best and worst *texts* differ whenever there are two distinct
-  texts, and n copies of one text give best = 0, worst = n - 1 with no match.
-- Both brackets run side by side in the same calls: ceil(log2 n) rounds, plus at most one more when the bye holder
-  loses late in the winners' bracket (its losers' match is played in the next round), hence at most
-  ceil(log2 n) + 1 ``compare`` calls for the largest n, whatever the number of prompts.
-
-Round robin (``method="round_robin"``): all n(n-1)/2 pairs in one call; ``scores[i]`` is the mean over j != i of
-P(i beats j); ``best`` is the argmax (ties: lowest index), ``worst`` the argmin (ties: highest index, so best and
-worst differ even when every score ties; then the worst is the highest index holding a text other than the
-best's, since duplicates score alike). The exact reference, for small n.
-
-Pointwise judges (a judge with ``score_responses(prompts, responses) -> list[float]``, e.g. a reward model,
-:class:`~rlhf_pairs.judges.base.RewardJudge`): ranking is by score, not by matches: every distinct candidate text is
-scored once (n rows for n distinct candidates, all prompts in one ``score_responses`` call, 0 matches), ``best`` is
-the argmax (ties: lowest index), ``worst`` the argmin (ties: highest index, as round robin), ``scores`` the judge's
-own scores, and ``margin`` P(best beats worst) from one batched ``compare`` call (which a reward judge answers from
-its cached scores; a judge with ``preference_from_scores``, such as a reward judge, gives it from the scores
-directly, without a call). ``pointwise=False`` forces the tournament with such a judge.
-
-Probability matrices (``prob_matrix=True``, SPPO's input, see :func:`rlhf_pairs.pairs.build_sppo_pairs`): per prompt
-the K x K matrix ``P[i][j]`` = P(candidate i beats candidate j), diagonal 0.5. Round robin fills it from its matches
-(``P[j][i]`` = 1 - ``P[i][j]``, identical texts 0.5); a pointwise judge from its scores, every off-diagonal entry computed
-on its own as P(i beats j) = ``preference_from_scores([s_i - s_j])`` (sigmoid((s_i - s_j) / T) for a reward judge,
-as uclaml/SPPO's ``compute_prob.py`` turns PairRM scores into P), or one batched ``compare`` over all ordered pairs
-for a pointwise judge without it. Knockout plays too few matches for a matrix.
-
-Match outcome: with p = P(a beats b), a wins if p > 0.5, b if p < 0.5, and on an exact tie (p == 0.5) the candidate
-with the lower original index wins (so in the losers' bracket the higher index advances as the worse one).
-
-Judgements are cached within one call: each distinct (prompt, text, other text) is sent to the judge once, always in
-a canonical order (the texts sorted), and the other order is derived as 1 - p, so a pair's probability never depends
-on which other prompts share the batch. Two identical texts tie at p = 0.5 without a judge call (a judge that
-averages both orders gives exactly that). ``num_comparisons`` counts the matches played, cache hits included;
-:func:`rank_candidates_with_stats` also reports how many rows were actually sent to the judge.
+The judge is used only through ``compare(prompts, responses_a, responses_b)`` (P(a is better than b)) and, when it
+has one, ``score_responses``. Each prompt's tournament is a generator of matches; all matches of a round, across all
+prompts, go to the judge as one batched call, and a prompt's result depends only on its own inputs and the seed.
+Also here: the package's tie rule (:func:`pair_outcome`) and the checks of a judge's output. Pure Python, no torch.
+How the brackets, byes, ties, cache and probability matrices work: docs/ranking.md, "How the tournaments work".
 """
 
 from __future__ import annotations
@@ -114,7 +63,7 @@ class RankingResult:
             pointwise judge), else ``None``.
         num_scored: candidates scored one at a time by a pointwise judge (n, cache hits included); 0 otherwise.
         prob_matrix: with ``prob_matrix=True``, ``P[i][j]`` = P(candidate i beats candidate j) for every ordered pair,
-            diagonal 0.5 (see the module docstring); else ``None``.
+            diagonal 0.5 (docs/ranking.md, "Probability matrices"); else ``None``.
     """
 
     best: int | None
@@ -176,7 +125,7 @@ def rank_candidates(
     Args:
         judge: any object with ``compare(prompts, responses_a, responses_b) -> list[float]`` returning
             P(a is better than b), e.g. a :class:`~rlhf_pairs.PairwiseJudge`; with ``score_responses`` too (a
-            reward model), candidates are ranked by their scores (see the module docstring).
+            reward model), candidates are ranked by their scores (docs/ranking.md, "Pointwise judges").
         prompts: one prompt per row, a string or a chat message list ending with a user turn.
         candidates: per prompt, the list of candidate responses (strings). Prompts with fewer than 2 candidates
             are skipped (see :class:`RankingResult`); the others are still ranked in the same batched calls.
@@ -194,7 +143,7 @@ def rank_candidates(
             with knockout and a pair judge, or a judge that returns the wrong number of probabilities (scores) or a
             non-finite one.
 
-    See the module docstring for the bracket, tie and caching rules.
+    The bracket, tie and caching rules: docs/ranking.md, "How the tournaments work".
     """
     results, _ = rank_candidates_with_stats(
         judge, prompts, candidates, method, seed, find_worst, pointwise, prob_matrix
@@ -397,7 +346,7 @@ def _score_matrices(
 
 
 def _knockout(order: list[int], find_worst: bool) -> Tournament:
-    """Winners' bracket over ``order`` and, alongside it, the losers' bracket (see the module docstring)."""
+    """Winners' bracket over ``order`` and, alongside it, the losers' bracket (docs/ranking.md, "Knockout")."""
     winners, losers = list(order), []
     # The round-1 bye holder (n odd) joins the losers' bracket at its first loss, so it can never be best and worst.
     late_entrant = order[-1] if find_worst and len(order) % 2 else None
