@@ -15,7 +15,7 @@ import numbers
 import random
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from rlhf_pairs.data_utils import Prompt, prompt_key, validate_prompt
 from rlhf_pairs.utils.hashing import sha256_json
@@ -40,7 +40,7 @@ class SupportsScores(SupportsCompare, Protocol):
         ...
 
 
-def is_pointwise(judge) -> bool:
+def is_pointwise(judge: object) -> bool:
     """Whether ``judge`` scores responses one at a time (has a callable ``score_responses``)."""
     return callable(getattr(judge, "score_responses", None))
 
@@ -175,10 +175,11 @@ def rank_candidates_with_stats(
     results: list[RankingResult | None] = [None] * len(prompts)
     keys = [prompt_key(prompt) for prompt in prompts]
     if pointwise:
-        results = _rank_by_scores(judge, prompts, candidates, keys, find_worst, stats)
+        scoring_judge = cast(SupportsScores, judge)  # is_pointwise checked it has score_responses
+        ranked = _rank_by_scores(scoring_judge, prompts, candidates, keys, find_worst, stats)
         if prob_matrix:
-            _score_matrices(judge, prompts, candidates, results, stats)
-        return results, stats
+            _score_matrices(scoring_judge, prompts, candidates, ranked, stats)
+        return ranked, stats
     # Per active prompt: its tournament, the matches of its current round, and every match played so far. Match
     # indices are into `entrants[i]`: the candidates themselves (round robin), or one per distinct text (knockout).
     active: dict[int, tuple[Tournament, list[Match], dict[Match, float]]] = {}
@@ -241,12 +242,13 @@ def rank_candidates_with_stats(
                         worst = max((j for j, text in enumerate(texts) if text != texts[best]), default=worst)
                     else:
                         worst = max(j for j, text in enumerate(texts) if text == texts[worst])  # its highest index
-                results[i] = RankingResult(best, worst, scores, len(played), margin=margin)
+                result = RankingResult(best, worst, scores, len(played), margin=margin)
                 if prob_matrix:  # round robin: every pair was played
-                    results[i].prob_matrix = _matrix_from_matches(len(texts), played)
+                    result.prob_matrix = _matrix_from_matches(len(texts), played)
+                results[i] = result
                 stats.matches += len(played)
                 del active[i]
-    return results, stats
+    return cast("list[RankingResult]", results), stats  # every prompt got its result above
 
 
 def _rank_by_scores(
@@ -271,6 +273,7 @@ def _rank_by_scores(
         scored = dict(zip(order, check_scores(judge, scores, len(order))))
         stats.rows_scored += len(order)
     results: list[RankingResult] = []
+    extremes: dict[int, tuple[list[float], int, int]] = {}  # ranked prompt with a worst -> (scores, best, worst)
     for i, texts in enumerate(candidates):
         n = len(texts)
         if n < 2:
@@ -281,24 +284,26 @@ def _rank_by_scores(
         best = max(range(n), key=lambda j: (scores[j], -j))  # ties: lowest index
         worst = min(range(n), key=lambda j: (scores[j], -j)) if find_worst else None  # ties: highest index
         results.append(RankingResult(best, worst, scores, 0, num_scored=n))
+        if worst is not None:
+            extremes[i] = (scores, best, worst)
     # P(best beats worst): 0.5 for identical texts, else one batched compare (a reward judge answers from its cache).
-    distinct = [i for i, r in enumerate(results) if r.skipped is None and r.worst is not None]
+    distinct = list(extremes)
     for i in distinct:
-        if candidates[i][results[i].best] == candidates[i][results[i].worst]:
+        _, best, worst = extremes[i]
+        if candidates[i][best] == candidates[i][worst]:
             results[i].margin = 0.5
     distinct = [i for i in distinct if results[i].margin is None]
-    if distinct and callable(getattr(judge, "preference_from_scores", None)):
+    preference_from_scores = getattr(judge, "preference_from_scores", None)
+    if distinct and callable(preference_from_scores):
         # From the scores just sorted (a second compare could rescore them in other batches after a cache eviction).
-        differences = [results[i].scores[results[i].best] - results[i].scores[results[i].worst] for i in distinct]
-        for i, margin in zip(
-            distinct, check_probabilities(judge, judge.preference_from_scores(differences), len(distinct))
-        ):
+        differences = [scores[best] - scores[worst] for scores, best, worst in (extremes[i] for i in distinct)]
+        for i, margin in zip(distinct, check_probabilities(judge, preference_from_scores(differences), len(distinct))):
             results[i].margin = margin
     elif distinct:
         margins = judge.compare(
             [prompts[i] for i in distinct],
-            [candidates[i][results[i].best] for i in distinct],
-            [candidates[i][results[i].worst] for i in distinct],
+            [candidates[i][extremes[i][1]] for i in distinct],
+            [candidates[i][extremes[i][2]] for i in distinct],
         )
         for i, margin in zip(distinct, check_probabilities(judge, margins, len(distinct))):
             results[i].margin = margin
@@ -323,13 +328,15 @@ def _score_matrices(
 ) -> None:
     """Fill ``prob_matrix`` of every ranked result of a pointwise judge: each off-diagonal P(i beats j) computed on
     its own from s_i - s_j (``preference_from_scores``), else from one batched ``compare`` over all ordered pairs."""
-    ranked = [i for i, r in enumerate(results) if r.skipped is None]
+    scores = {i: r.scores for i, r in enumerate(results) if r.skipped is None and r.scores is not None}
+    ranked = list(scores)  # a ranked result of a pointwise judge always has its scores
     cells = [(i, a, b) for i in ranked for a in range(len(candidates[i])) for b in range(len(candidates[i])) if a != b]
     if not cells:
         return
-    if callable(getattr(judge, "preference_from_scores", None)):
-        differences = [results[i].scores[a] - results[i].scores[b] for i, a, b in cells]
-        probs = check_probabilities(judge, judge.preference_from_scores(differences), len(cells))
+    preference_from_scores = getattr(judge, "preference_from_scores", None)
+    if callable(preference_from_scores):
+        differences = [scores[i][a] - scores[i][b] for i, a, b in cells]
+        probs = check_probabilities(judge, preference_from_scores(differences), len(cells))
     else:
         probs = judge.compare(
             [prompts[i] for i, _, _ in cells],
@@ -338,16 +345,18 @@ def _score_matrices(
         )
         probs = check_probabilities(judge, probs, len(cells))
         stats.compare_calls += 1
+    matrices: dict[int, list[list[float]]] = {}
     for i in ranked:
         n = len(candidates[i])
-        results[i].prob_matrix = [[0.5] * n for _ in range(n)]
+        matrices[i] = results[i].prob_matrix = [[0.5] * n for _ in range(n)]
     for (i, a, b), p in zip(cells, probs):
-        results[i].prob_matrix[a][b] = p
+        matrices[i][a][b] = p
 
 
 def _knockout(order: list[int], find_worst: bool) -> Tournament:
     """Winners' bracket over ``order`` and, alongside it, the losers' bracket (docs/ranking.md, "Knockout")."""
-    winners, losers = list(order), []
+    winners: list[int] = list(order)
+    losers: list[int] = []
     # The round-1 bye holder (n odd) joins the losers' bracket at its first loss, so it can never be best and worst.
     late_entrant = order[-1] if find_worst and len(order) % 2 else None
     first_round = True
@@ -440,7 +449,7 @@ def _margin(played: dict[Match, float], best: int, worst: int | None) -> float |
     return None
 
 
-def check_probabilities(judge, probs: Sequence[float], expected: int) -> list[float]:
+def check_probabilities(judge: object, probs: Sequence[float], expected: int) -> list[float]:
     """``probs`` as floats; raises ``ValueError`` naming the judge's class unless ``judge.compare`` returned
     ``expected`` real numbers in [0, 1] (a string such as "0.7", a bool, NaN or 1.3 is a broken judge)."""
     name = f"{type(judge).__name__}.compare"
@@ -448,7 +457,7 @@ def check_probabilities(judge, probs: Sequence[float], expected: int) -> list[fl
         raise ValueError(f"`{name}` must return a list of probabilities, got {type(probs).__name__}")
     if len(probs) != expected:
         raise ValueError(f"`{name}` returned {len(probs)} probabilities for {expected} rows")
-    out = []
+    out: list[float] = []
     for row, p in enumerate(probs):
         if isinstance(p, (str, bytes, bool)) or not isinstance(p, numbers.Real):
             raise ValueError(f"`{name}` returned {p!r} ({type(p).__name__}) for row {row}; expected a float in [0, 1]")
@@ -459,7 +468,7 @@ def check_probabilities(judge, probs: Sequence[float], expected: int) -> list[fl
     return out
 
 
-def check_scores(judge, scores: Sequence[float], expected: int) -> list[float]:
+def check_scores(judge: object, scores: Sequence[float], expected: int) -> list[float]:
     """``scores`` as floats; raises ``ValueError`` naming the judge's class unless ``judge.score_responses``
     returned ``expected`` finite real numbers (a string, a bool, NaN or inf is a broken judge)."""
     name = f"{type(judge).__name__}.score_responses"
@@ -467,7 +476,7 @@ def check_scores(judge, scores: Sequence[float], expected: int) -> list[float]:
         raise ValueError(f"`{name}` must return a list of scores, got {type(scores).__name__}")
     if len(scores) != expected:
         raise ValueError(f"`{name}` returned {len(scores)} scores for {expected} responses")
-    out = []
+    out: list[float] = []
     for row, score in enumerate(scores):
         if isinstance(score, (str, bytes, bool)) or not isinstance(score, numbers.Real):
             raise ValueError(f"`{name}` returned {score!r} ({type(score).__name__}) for row {row}; expected a float")

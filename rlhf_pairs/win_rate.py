@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from rlhf_pairs.data_utils import Prompt
 
 # The tie rule and the probability check live in ranking (below this module); pair_outcome stays importable from here.
-from rlhf_pairs.ranking import check_probabilities, pair_outcome
+from rlhf_pairs.ranking import SupportsCompare, check_probabilities, pair_outcome
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,9 @@ class WinRate:
         return not self.ci_low <= 0.5 <= self.ci_high
 
 
-def win_rate(judge, prompts: Sequence[Prompt], completions: Sequence[str], references: Sequence[str]) -> WinRate:
+def win_rate(
+    judge: SupportsCompare, prompts: Sequence[Prompt], completions: Sequence[str], references: Sequence[str]
+) -> WinRate:
     """Judge ``completions[i]`` against ``references[i]`` for ``prompts[i]`` in one ``judge.compare`` call.
 
     ``judge`` is anything with ``compare(prompts, responses_a, responses_b) -> list[float]``.
