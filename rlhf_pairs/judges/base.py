@@ -6,7 +6,8 @@ import os
 import random
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -14,6 +15,9 @@ from tqdm.auto import tqdm
 from rlhf_pairs.data_utils import Prompt, prompt_key, validate_prompt
 from rlhf_pairs.ranking import check_scores
 from rlhf_pairs.tokenization import resolve_device_and_dtype
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def check_pair_inputs(prompts: Sequence, responses_a: Sequence, responses_b: Sequence) -> None:
@@ -51,7 +55,7 @@ def is_main_process() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
-def progress_bar(batches: list, show: bool | None, desc: str):
+def progress_bar(batches: list, show: bool | None, desc: str) -> tqdm:
     """``batches`` wrapped in a tqdm bar; ``show=None`` shows it on the main process for calls of 8+ batches."""
     if show is None:
         show = len(batches) >= 8 and is_main_process()
@@ -59,16 +63,16 @@ def progress_bar(batches: list, show: bool | None, desc: str):
 
 
 def load_model_and_tokenizer(
-    auto_class,
+    auto_class: Any,
     name_or_path: str,
     *,
-    device,
-    dtype,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype,
     attn_implementation: str | None,
     tokenizer_name_or_path: str | None,
     revision: str | None,
     trust_remote_code: bool,
-):
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) of a judge checkpoint: ``auto_class.from_pretrained`` (e.g. ``AutoModelForCausalLM``) on
     ``device`` in ``dtype`` (``"auto"``: bf16 on CUDA, fp32 elsewhere, see
     :func:`~rlhf_pairs.tokenization.resolve_device_and_dtype`), and the tokenizer of ``tokenizer_name_or_path`` or
@@ -96,7 +100,10 @@ def load_model_and_tokenizer(
 
 
 def _score_both_orders(
-    score, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]
+    score: Callable[[list[Prompt], list[str], list[str]], torch.Tensor],
+    prompts: Sequence[Prompt],
+    responses_a: Sequence[str],
+    responses_b: Sequence[str],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``score(prompts, first, second)`` over the interleaved rows (a, b), (b, a), split into (forward, backward).
 
@@ -179,7 +186,7 @@ class PairwiseJudge(ABC):
         if not hasattr(self, "temperature"):
             raise ValueError(f"{type(self).__name__} has no `temperature`: judge(..., temperature=...) cannot apply")
         check_pair_inputs(prompts, responses_a, responses_b)
-        own, self.temperature = self.temperature, temperature
+        own, self.temperature = self.temperature, temperature  # type: ignore[has-type]  # subclasses set it (hasattr above)
         try:
             forward, backward = self.score_both_orders(prompts, responses_a, responses_b)
             return self.combine_orders(forward, backward).tolist()
