@@ -10,6 +10,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +19,9 @@ from rlhf_pairs.judges.base import PairwiseJudge, load_model_and_tokenizer, prog
 from rlhf_pairs.judges.formatting import make_formatter
 from rlhf_pairs.judges.templates import JudgeTemplate, load_template
 from rlhf_pairs.tokenization import batches_by_tokens, pad_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +54,8 @@ class GenerativeJudge(PairwiseJudge):
 
     def __init__(
         self,
-        model,
-        tokenizer,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         temperature: float = 1.0,
         max_length: int | None = None,
         batch_tokens: int = 16384,
@@ -62,7 +66,7 @@ class GenerativeJudge(PairwiseJudge):
         min_shared_prefix: int = 32,
         template: str | JudgeTemplate = "rlhflow",
         labels: tuple[str, str] | None = None,
-    ):
+    ) -> None:
         super().__init__(cache_size=cache_size)
         if temperature <= 0:
             raise ValueError(f"`temperature` must be > 0, got {temperature}")
@@ -96,7 +100,7 @@ class GenerativeJudge(PairwiseJudge):
         tokenizer_name_or_path: str | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
-        **judge_kwargs,
+        **judge_kwargs: Any,
     ) -> GenerativeJudge:
         """Load the judge's causal LM from the Hub or a local directory.
 
@@ -179,7 +183,9 @@ class GenerativeJudge(PairwiseJudge):
     def _group_batches(self, groups: list[tuple[list[int], int]], encoded: list[list[int]]) -> list[list]:
         """Groups packed into batches, longest first, with (rows x longest row) within ``batch_tokens``."""
         width = [max(len(encoded[i]) for i in rows) for rows, _ in groups]
-        batches, current, rows_in_current = [], [], 0
+        batches: list[list[tuple[list[int], int]]] = []
+        current: list[int] = []
+        rows_in_current = 0
         for g in sorted(range(len(groups)), key=lambda g: -width[g]):
             rows = len(groups[g][0])
             longest = width[current[0]] if current else width[g]

@@ -19,10 +19,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported by the configs at argument parsing: no torch here
-    from rlhf_pairs.judges.base import PairwiseJudge
+    import torch
+
+    from rlhf_pairs.judges.generative import GenerativeJudge
+    from rlhf_pairs.judges.pairrm import PairRMJudge
+    from rlhf_pairs.judges.reward_model import RewardModelJudge
+    from rlhf_pairs.ranking import SupportsCompare
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +39,7 @@ def is_import_path(judge_type: str) -> bool:
     return ":" in judge_type
 
 
-def resolve_judge_class(spec: str) -> type:
+def resolve_judge_class(spec: str) -> type[Any]:
     """The class ``package.module:Class`` names (``Class`` may be dotted: ``module:Outer.Inner``).
 
     Raises ``ValueError`` naming what is wrong: a malformed path, a module that cannot be imported (with the
@@ -74,15 +79,15 @@ def load_judge(
     judge_type: str,
     name_or_path: str,
     *,
-    device=None,
-    dtype: str = "auto",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "auto",
     attn_implementation: str | None = None,
     temperature: float = 1.0,
     max_length: int | None = None,
     batch_tokens: int | None = None,
     pairrm_format: str = "card",
-    **judge_kwargs,
-) -> PairwiseJudge:
+    **judge_kwargs: Any,
+) -> SupportsCompare:
     """The judge of ``judge_type`` from the Hub or a path: ``PairPreferenceJudge`` (``"pair_lm"``),
     ``PairRMJudge`` (``"pairrm"``), ``RewardModelJudge`` (``"reward_model"``), any chat LM prompted as a judge
     (``"llm"``: :class:`~rlhf_pairs.judges.generative.GenerativeJudge`, ``template``/``labels`` in ``judge_kwargs``),
@@ -147,6 +152,7 @@ def load_judge(
         kwargs["batch_tokens"] = batch_tokens
     if max_length and judge_type != "pairrm":
         kwargs["max_length"] = max_length
+    judge_class: type[GenerativeJudge | RewardModelJudge | PairRMJudge]  # a PairPreferenceJudge is a GenerativeJudge
     if judge_type == "pair_lm":
         from rlhf_pairs.judges.pair_lm import PairPreferenceJudge as judge_class
     elif judge_type == "llm":
@@ -161,7 +167,7 @@ def load_judge(
         return judge_class.from_pretrained(name_or_path, **kwargs)
 
 
-def _dtype_name(dtype) -> str:
+def _dtype_name(dtype: str | torch.dtype) -> str:
     """The canonical name of a dtype given by name, alias (``"half"`` -> ``"float16"``) or as a torch dtype."""
     import torch
 
@@ -169,14 +175,16 @@ def _dtype_name(dtype) -> str:
     return str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else str(dtype)
 
 
-def _accepts(function, name: str) -> bool:
+def _accepts(function: Any, name: str) -> bool:
     parameters = inspect.signature(function).parameters.values()
     return any(p.kind is p.VAR_KEYWORD for p in parameters) or any(
         p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters
     )
 
 
-def _load_by_import_path(spec: str, name_or_path: str, device, options: dict):
+def _load_by_import_path(
+    spec: str, name_or_path: str, device: str | torch.device | None, options: dict[str, Any]
+) -> SupportsCompare:
     cls = resolve_judge_class(spec)
     if callable(getattr(cls, "from_pretrained", None)):
         refused = [key for key in options if not _accepts(cls.from_pretrained, key)]

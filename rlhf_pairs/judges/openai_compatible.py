@@ -35,8 +35,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504)
 ON_UNPARSABLE = ("tie", "error")
+
+_T = TypeVar("_T")
 
 
 class OpenAIJudge(PairwiseJudge):
@@ -109,7 +112,7 @@ class OpenAIJudge(PairwiseJudge):
         self.model = model or only_served_model(base_url, api_key_env)
 
     @classmethod
-    def from_pretrained(cls, base_url: str, **kwargs) -> OpenAIJudge:
+    def from_pretrained(cls, base_url: str, **kwargs: Any) -> OpenAIJudge:
         """The judge at ``base_url`` (the jobs' ``judge`` option); ``kwargs`` go to the constructor."""
         return cls(base_url, **kwargs)
 
@@ -125,13 +128,15 @@ class OpenAIJudge(PairwiseJudge):
         system = [{"role": "system", "content": self.template.system}] if self.template.system else []
         return [*system, {"role": "user", "content": user}]
 
-    def score_ordered_pairs(self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]):
+    def score_ordered_pairs(
+        self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
+    ) -> torch.Tensor:
         rows = list(zip(prompts, first, second))
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(rows))) as pool:
             results = list(progress_bar_iter(pool.map(self._score_one, rows), len(rows), self.show_progress))
         return torch.tensor(results, dtype=torch.float64)
 
-    def _score_one(self, row) -> float:
+    def _score_one(self, row: tuple[Prompt, str, str]) -> float:
         prompt, first, second = row
         body = {
             "model": self.model,
@@ -171,7 +176,7 @@ class OpenAIJudge(PairwiseJudge):
         return probability
 
 
-def soft_verdict(logprobs, labels: tuple[str, str], temperature: float = 1.0) -> float | None:
+def soft_verdict(logprobs: object, labels: tuple[str, str], temperature: float = 1.0) -> float | None:
     """P(first better) from a chat completion's ``choices[0].logprobs`` (OpenAI's and vLLM's schema): at the first
     answer token that is a label (leading whitespace ignored), softmax over the two labels' logprobs among that
     position's token and ``top_logprobs``, divided by ``temperature``; a label not listed counts as impossible.
@@ -212,9 +217,9 @@ class OpenAIClient:
         """The served models' names (``GET /models``)."""
         reply = self.request("GET", "/models")
         data = reply.get("data") if isinstance(reply, dict) else None
-        return [m.get("id") for m in data or [] if isinstance(m, dict)]
+        return [m.get("id") for m in data or [] if isinstance(m, dict)]  # type: ignore[misc]  # JSON: "id" is a str
 
-    def request(self, method: str, path: str, body: bytes | None = None):
+    def request(self, method: str, path: str, body: bytes | None = None) -> Any:
         """The JSON reply of one request, retried on connection errors and retryable statuses."""
         deadline = time.monotonic() + self.retry_seconds
         delay, tries = 1.0, 0
@@ -273,7 +278,7 @@ def only_served_model(base_url: str, api_key_env: str = "OPENAI_API_KEY") -> str
     return names[0]
 
 
-def progress_bar_iter(iterable, total: int, show: bool | None):
+def progress_bar_iter(iterable: Iterable[_T], total: int, show: bool | None) -> Iterable[_T]:
     """``iterable`` with a bar of ``total`` requests (``None``: shown on the main process for 64 or more)."""
     from tqdm.auto import tqdm
 

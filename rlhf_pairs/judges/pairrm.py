@@ -4,6 +4,7 @@ from llm-blender's original ``llm-blender/PairRM`` layout, see :mod:`rlhf_pairs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,6 +13,9 @@ from rlhf_pairs.judges.base import PairwiseJudge, check_pair_inputs, progress_ba
 from rlhf_pairs.judges.constants import CANDIDATE_MAX_LENGTH, MAX_LENGTH, SOURCE_MAX_LENGTH  # noqa: F401 (re-exported)
 from rlhf_pairs.judges.modeling_pairrm import DebertaV2PairRM, use_sdpa_attention
 from rlhf_pairs.tokenization import SafeEncoder, batches_by_tokens, pad_batch, resolve_device_and_dtype
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX = "<|source|>", "<|candidate1|>", "<|candidate2|>"
 
@@ -67,11 +71,11 @@ class PairRMEncoder:
 
     def __init__(
         self,
-        tokenizer,
+        tokenizer: PreTrainedTokenizerBase,
         source_max_length: int = SOURCE_MAX_LENGTH,
         max_length: int = MAX_LENGTH,
         conversation_format: str = "card",
-    ):
+    ) -> None:
         if conversation_format not in PAIRRM_FORMATS:
             raise ValueError(f"`conversation_format` must be one of {PAIRRM_FORMATS}, got {conversation_format!r}")
         self.conversation_format = conversation_format
@@ -133,7 +137,7 @@ class PairRMJudge(PairwiseJudge):
     def __init__(
         self,
         model: DebertaV2PairRM | None = None,
-        tokenizer=None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         temperature: float = 1.0,
         source_max_length: int = SOURCE_MAX_LENGTH,
         max_length: int = MAX_LENGTH,
@@ -142,7 +146,7 @@ class PairRMJudge(PairwiseJudge):
         show_progress: bool | None = None,
         cache_size: int = 100_000,
         conversation_format: str = "card",
-    ):
+    ) -> None:
         super().__init__(cache_size=cache_size)
         if temperature <= 0:
             raise ValueError(f"`temperature` must be > 0, got {temperature}")
@@ -187,7 +191,7 @@ class PairRMJudge(PairwiseJudge):
         attn_implementation: str | None = "sdpa",
         tokenizer_name_or_path: str | None = None,
         revision: str | None = None,
-        **judge_kwargs,
+        **judge_kwargs: Any,
     ) -> PairRMJudge:
         """Load ``llm-blender/PairRM-hf`` (or a local directory in its layout), or llm-blender's original
         ``llm-blender/PairRM`` layout (a ``pairranker`` ranker config, see :mod:`rlhf_pairs.judges.pairrm_blender`).
@@ -258,7 +262,7 @@ def load_pairrm(
     attn_implementation: str | None = "sdpa",
     tokenizer_name_or_path: str | None = None,
     revision: str | None = None,
-) -> tuple[DebertaV2PairRM, object, dict]:
+) -> tuple[DebertaV2PairRM, PreTrainedTokenizerBase, dict]:
     """(model, tokenizer, encoder budgets) of a PairRM checkpoint: PairRM-hf's layout, or llm-blender's original
     one (whose ranker config holds the budgets: ``{"source_max_length": ..., "max_length": ...}``; ``{}`` for -hf).
     Raises ``ValueError`` for an ``attn_implementation`` other than ``"sdpa"`` or ``"eager"``."""

@@ -35,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 from rlhf_pairs.data_utils import Prompt
 from rlhf_pairs.judges.base import check_pair_inputs, check_response_inputs
@@ -118,7 +119,7 @@ class RemoteJudge:
         self.num_requests = 0  # /compare and /score requests sent (tests check one per tournament round)
 
     @classmethod
-    def from_pretrained(cls, url: str, **kwargs) -> RemoteJudge:
+    def from_pretrained(cls, url: str, **kwargs: Any) -> RemoteJudge:
         """Connect to the server at ``url``: a :class:`RemoteRewardJudge` when its judge is pointwise, else a
         :class:`RemoteJudge`. Waits (up to ``retry_seconds``) for a server that is still starting."""
         judge = RemoteJudge(url, **kwargs)
@@ -155,7 +156,7 @@ class RemoteJudge:
         self.num_requests += 1
         return [float(v) for v in values]
 
-    def _request(self, method: str, path: str, body: bytes | None = None):
+    def _request(self, method: str, path: str, body: bytes | None = None) -> Any:
         """The JSON reply of one request, retried on connection errors and 502/503/504 (see the module docstring)."""
         deadline = time.monotonic() + self.retry_seconds
         delay, tries = 0.5, 0

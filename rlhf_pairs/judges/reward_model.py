@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rlhf_pairs.data_utils import Prompt, as_messages
 from rlhf_pairs.judges.base import RewardJudge, load_model_and_tokenizer, progress_bar
 from rlhf_pairs.tokenization import ChatPromptEncoder, batches_by_tokens, pad_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +51,15 @@ class RewardModelJudge(RewardJudge):
 
     def __init__(
         self,
-        model,
-        tokenizer,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         temperature: float = 1.0,
         max_length: int | None = None,
         batch_tokens: int = 16384,
         max_batch_size: int = 64,
         show_progress: bool | None = None,
         cache_size: int = 100_000,
-    ):
+    ) -> None:
         super().__init__(temperature=temperature, cache_size=cache_size)
         num_labels = getattr(model.config, "num_labels", None)
         if num_labels != 1:
@@ -101,7 +105,7 @@ class RewardModelJudge(RewardJudge):
         tokenizer_name_or_path: str | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
-        **judge_kwargs,
+        **judge_kwargs: Any,
     ) -> RewardModelJudge:
         """Load a reward model from the Hub or a local directory with ``AutoModelForSequenceClassification``.
 

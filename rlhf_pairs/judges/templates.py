@@ -27,8 +27,13 @@ rendering for ``rlhflow`` and equals ``question`` for the others.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jinja2 import Template
 
 PROMPTS_DIR = Path(__file__).with_name("judge_prompts")
 TEMPLATE_NAMES = ("rlhflow", "alpaca_eval", "arena_hard", "mt_bench")
@@ -101,10 +106,10 @@ class JudgeTemplate:
         return None
 
 
-_COMPILED: dict[tuple, object] = {}
+_COMPILED: dict[tuple[str, bool], Template] = {}
 
 
-def _compile(source: str, chat: bool = False):
+def _compile(source: str, chat: bool = False) -> Template:
     """A judge template (``chat=False``: text kept as written) or a chat template rendered as transformers renders
     chat templates (``trim_blocks``, ``lstrip_blocks``), compiled once."""
     if (source, chat) not in _COMPILED:
@@ -127,7 +132,7 @@ def _read(name: str, part: str) -> str:
     return (PROMPTS_DIR / f"{name}.{part}").read_text(encoding="utf-8")
 
 
-def load_template(template: str | JudgeTemplate = "rlhflow", labels: tuple[str, str] | None = None) -> JudgeTemplate:
+def load_template(template: str | JudgeTemplate = "rlhflow", labels: Sequence[str] | None = None) -> JudgeTemplate:
     """The :class:`JudgeTemplate` named ``template`` (:data:`TEMPLATE_NAMES`) or read from a Jinja file at that path;
     ``labels`` replaces its verdict labels. Raises ``ValueError`` naming the template for an unknown name, a file
     that does not exist or does not parse, a template that leaves out a response, or labels that are not two
