@@ -44,6 +44,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from accelerate.logging import get_logger
 
@@ -62,6 +63,13 @@ from rlhf_pairs.utils.faults import scope, stop_on_signals
 from rlhf_pairs.utils.hashing import derived_seed, sha256_json
 from rlhf_pairs.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from rlhf_pairs.utils.locking import main_process_lock
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from trl import ModelConfig
+
+    from rlhf_pairs.generation import Sampler
 
 logger = get_logger(__name__)  # main process only (the job creates the process state first)
 
@@ -97,8 +105,8 @@ class BestOfNResult:
 
 
 def best_of_n(
-    policy,
-    tokenizer,
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     judge: SupportsCompare,
     prompts: Sequence[Prompt],
     n: int,
@@ -150,7 +158,7 @@ def best_of_n(
     candidates, sanitized = generate_candidates(policy, tokenizer, conversations, settings, seed)
     rankings = rank_candidates(judge, judge_prompts, candidates, method=method, seed=seed, find_worst=find_worst)
     return [
-        BestOfNResult(conversation, texts[ranking.best], ranking.best, texts, ranking, count)
+        BestOfNResult(conversation, texts[ranking.best], ranking.best, texts, ranking, count)  # type: ignore[index, arg-type]  # n >= 1: a best
         for conversation, texts, ranking, count in zip(conversations, candidates, rankings, sanitized)
     ]
 
@@ -168,10 +176,10 @@ POLICY_FIELDS = ("model_name_or_path", "model_revision", "dtype", "attn_implemen
 CHUNK_TAG = "candidates"
 
 
-def generation_fingerprint(config: BestOfNConfig, model_args, prompts: list) -> dict:
+def generation_fingerprint(config: BestOfNConfig, model_args: ModelConfig, prompts: list) -> dict:
     """What the generated candidates depend on: the policy (``ModelConfig``'s loading fields, a local path made
     absolute), :data:`GENERATION_FIELDS` and a digest of the prompts; as JSON reads it back."""
-    policy = {key: getattr(model_args, key, None) for key in POLICY_FIELDS}
+    policy: dict[str, Any] = {key: getattr(model_args, key, None) for key in POLICY_FIELDS}
     if Path(policy["model_name_or_path"]).exists():
         policy["model_name_or_path"] = str(Path(policy["model_name_or_path"]).resolve())
     record = {
@@ -194,7 +202,7 @@ def load_prompts(config: BestOfNConfig) -> tuple[list[dict], list, Counter]:
     return rows, prompts, notes
 
 
-def run_best_of_n(config: BestOfNConfig, judge_args: JudgeArguments, model_args) -> dict:
+def run_best_of_n(config: BestOfNConfig, judge_args: JudgeArguments, model_args: ModelConfig) -> dict:
     """The ``best-of-n`` job (see the module docstring): best of ``num_candidates`` samples of the policy
     ``model_args.model_name_or_path`` per prompt of ``config.dataset_name``, ranked with the judge of ``judge_args``,
     into ``config.output``. All processes of a launch call it together; returns the summary on every process:
@@ -220,7 +228,14 @@ def run_best_of_n(config: BestOfNConfig, judge_args: JudgeArguments, model_args)
     return {**summary, **{key: notes[key] for key in PROMPT_NOTES}}
 
 
-def _run_locked(config: BestOfNConfig, judge_args: JudgeArguments, model_args, state, rows, prompts) -> dict:
+def _run_locked(
+    config: BestOfNConfig,
+    judge_args: JudgeArguments,
+    model_args: ModelConfig,
+    state: PartialState,
+    rows: list[dict],
+    prompts: list,
+) -> dict:
     from accelerate.utils import broadcast_object_list
 
     cfg = config
@@ -261,7 +276,7 @@ def _run_locked(config: BestOfNConfig, judge_args: JudgeArguments, model_args, s
     vllm = cfg.generation_backend == "vllm"
     policy = model_args.model_name_or_path
 
-    def make_sampler():
+    def make_sampler() -> Sampler:
         if vllm:
             return vllm_generator(
                 policy, settings, cfg.seed, cfg.vllm_tensor_parallel_size, cfg.vllm_gpu_memory_utilization
@@ -287,7 +302,7 @@ def _run_locked(config: BestOfNConfig, judge_args: JudgeArguments, model_args, s
         return summary
     candidates = work / "candidates.jsonl"
     if state.is_main_process:
-        write_jsonl_atomic(candidates, [{"prompt": p, "responses": r} for p, r in zip(prompts, responses)])
+        write_jsonl_atomic(candidates, [{"prompt": p, "responses": r} for p, r in zip(prompts, responses)])  # type: ignore[arg-type]  # main: not None
     counts = [sanitized, sum(map(len, responses or []))]
     if state.num_processes > 1:
         broadcast_object_list(counts, from_process=0)
@@ -328,7 +343,7 @@ def _run_locked(config: BestOfNConfig, judge_args: JudgeArguments, model_args, s
     return summary
 
 
-def _drop_stale_output(output: str, state) -> None:
+def _drop_stale_output(output: str, state: PartialState) -> None:
     """An unfinished run's ``output`` can only be an earlier run's (e.g. before ``overwrite`` with another judge):
     removed, so that no complete-looking file outlives the work it came from."""
     if state.is_main_process:

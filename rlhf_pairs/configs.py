@@ -15,8 +15,10 @@ Defaults that differ from the libraries they extend are said in the field's help
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rlhf_pairs.data_utils import SYSTEM_MESSAGE_MODES
 from rlhf_pairs.judges.constants import CANDIDATE_MAX_LENGTH, MAX_LENGTH, SOURCE_MAX_LENGTH
@@ -24,6 +26,11 @@ from rlhf_pairs.judges.loading import JUDGE_TYPES, is_import_path, resolve_judge
 from rlhf_pairs.judges.templates import TEMPLATE_NAMES
 from rlhf_pairs.pairs import PAIR_STRATEGIES
 from rlhf_pairs.ranking import METHODS
+
+if TYPE_CHECKING:  # parsed at --help: no torch here
+    import torch
+
+    from rlhf_pairs.ranking import SupportsCompare
 
 MODES = ("dpo", "rejection_sampling", "sppo")
 REFERENCES = ("initial", "previous")
@@ -34,13 +41,13 @@ OVERLONG = ("truncate", "drop")
 PAIRRM_LOSSES = ("both_orders", "instructgpt")
 
 
-def check_choice(name: str, value, allowed) -> None:
+def check_choice(name: str, value: object, allowed: Collection[Any]) -> None:
     """Raise ``ValueError`` naming the field when ``value`` is not one of ``allowed``."""
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
 
 
-def check_positive(config, *names: str, minimum: int = 1) -> None:
+def check_positive(config: object, *names: str, minimum: int = 1) -> None:
     """Raise ``ValueError`` naming the first field of ``names`` (ignoring ``None``) below ``minimum``."""
     for name in names:
         value = getattr(config, name)
@@ -102,7 +109,7 @@ class JudgeArguments:
         metadata={"help": "judge_type openai: the environment variable holding the API key (never written anywhere)."},
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if is_import_path(self.judge_type):
             resolve_judge_class(self.judge_type)  # a bad path fails here, before any work
         else:
@@ -185,7 +192,7 @@ class JudgeArguments:
             self._served = served_identity(RemoteJudge(self.judge).info)
         return self._served
 
-    def load(self, device=None):
+    def load(self, device: str | torch.device | None = None) -> SupportsCompare:
         """The judge, loaded with :func:`rlhf_pairs.judges.load_judge` on ``device``."""
         from rlhf_pairs.judges.loading import load_judge
 
@@ -202,11 +209,11 @@ class JudgeArguments:
             **self.generative_options(),
         )
 
-    def generative_options(self) -> dict:
+    def generative_options(self) -> dict[str, Any]:
         """The options of judge_type llm (template, labels) and openai (also the model, concurrency, key variable)."""
         if self.judge_type not in ("llm", "openai"):
             return {}
-        options = {"template": self.template_name(), "labels": self.label_pair()}
+        options: dict[str, Any] = {"template": self.template_name(), "labels": self.label_pair()}
         if self.judge_type == "openai":
             options.update(
                 model=self.judge_model, max_concurrency=self.judge_max_concurrency,
@@ -260,7 +267,7 @@ class ServeJudgeConfig:
     max_body_mb: float = field(default=64.0, metadata={"help": "Largest request body accepted, in MiB (413 above)."})
     log_level: str = field(default="info", metadata={"help": "uvicorn's log level."})
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         import os
 
         from rlhf_pairs.judges.remote import API_KEY_ENV, check_api_key
@@ -300,7 +307,7 @@ class ServeJudgeConfig:
         """The devices to load a judge copy on (``[None]``: the default device)."""
         if not self.devices:
             return [None]
-        devices = [d.strip() for d in self.devices.split(",") if d.strip()]
+        devices: list[str | None] = [d.strip() for d in self.devices.split(",") if d.strip()]
         if not devices:
             raise ValueError(f"`devices` names no device: {self.devices!r}")
         return devices
@@ -354,7 +361,7 @@ class RankConfig:
         },
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("ranking_method", self.ranking_method, METHODS)
         check_choice("system_message", self.system_message, SYSTEM_MESSAGE_MODES)
         check_positive(self, "shard_size", "max_shards")
@@ -403,7 +410,7 @@ class EvalConfig:
         },
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_positive(self, "shard_size", "max_examples")
         check_choice("ties", self.ties, ("wrong", "half"))
         check_choice("system_message", self.system_message, SYSTEM_MESSAGE_MODES)
@@ -433,7 +440,7 @@ class SamplingArguments:
     vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size."})
     vllm_gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory share."})
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("system_message", self.system_message, SYSTEM_MESSAGE_MODES)
         check_choice("generation_backend", self.generation_backend, BACKENDS)
         check_positive(self, "generation_batch_size", "max_new_tokens", "vllm_tensor_parallel_size")
@@ -517,7 +524,7 @@ class IterateConfig(SamplingArguments):
         default=False, metadata={"help": "Recompute a finished stage whose config changed, and every later stage."}
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()
         for name, allowed in (
             ("ranking_method", METHODS),
@@ -585,7 +592,7 @@ class OnlineConfig:
         default=None, metadata={"help": "Tokens per win-rate completion (default: the trainer's completion length)."}
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("ranking_method", self.ranking_method, METHODS)
         check_choice("system_message", self.system_message, SYSTEM_MESSAGE_MODES)
         if self.win_rate_prompts < 0:
@@ -660,7 +667,7 @@ class PairPMConfig:
         default=True, metadata={"help": "With use_peft: save the merged model in output_dir (adapter in adapter/)."}
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("orders", self.orders, ORDERS)
         check_choice("label_format", self.label_format, LABEL_FORMATS)
         check_choice("overlong", self.overlong, OVERLONG)
@@ -727,7 +734,7 @@ class PairRMTrainConfig:
         },
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.eval_size < 0:
             raise ValueError(f"`eval_size` must be >= 0, got {self.eval_size}")
         check_choice("loss_type", self.loss_type, PAIRRM_LOSSES)
@@ -786,7 +793,7 @@ class BestOfNConfig(SamplingArguments):
         default=False, metadata={"help": "Discard finished work in <output>.work/ made with other arguments."}
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("ranking_method", self.ranking_method, METHODS)
         check_positive(self, "shard_size", "max_shards")

@@ -29,11 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhf_pairs.data_utils import SYSTEM_MESSAGE_MODES, Prompt, completion_text, prepare_prompt, prompt_key
 from rlhf_pairs.judges.trl_adapter import as_judge
 from rlhf_pairs.ranking import METHODS, RankingResult, SupportsCompare, check_probabilities, rank_candidates
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+    from transformers import Trainer
 
 LAYOUTS = ("auto", "pairs", "groups")
 # Keyword arguments that GRPOTrainer and RLOOTrainer pass to reward functions and OnlineDPOTrainer does not (TRL 1.16).
@@ -68,18 +72,18 @@ class JudgeStats:
 class _RecordingJudge:
     """Passes ``compare`` through to ``judge`` and keeps every answer: (prompt key, a, b) -> P(a beats b)."""
 
-    def __init__(self, judge: SupportsCompare):
+    def __init__(self, judge: SupportsCompare) -> None:
         self.judge = judge
         self.probabilities: dict[tuple, float] = {}
 
-    def compare(self, prompts, responses_a, responses_b) -> list[float]:
+    def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
         # Checked here so that a broken judge is named by its own class, not this wrapper's.
         probs = check_probabilities(self.judge, self.judge.compare(prompts, responses_a, responses_b), len(prompts))
         for prompt, a, b, p in zip(prompts, responses_a, responses_b, probs):
             self.probabilities[(prompt_key(prompt), a, b)] = p
         return probs
 
-    def probability(self, key, a: str, b: str) -> float | None:
+    def probability(self, key: str | tuple, a: str, b: str) -> float | None:
         """P(a beats b) if the judge compared them (in either order) for the prompt ``key``, else ``None``."""
         if (key, a, b) in self.probabilities:
             return self.probabilities[(key, a, b)]
@@ -182,7 +186,7 @@ class PairwiseRewardFunction:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layout={self.layout!r}, method={self.method!r}, name={self.__name__!r})"
 
-    def log_metrics_to(self, trainer) -> None:
+    def log_metrics_to(self, trainer: Trainer) -> None:
         """Log :meth:`metrics` into ``trainer``'s own per-step statistics when TRL gives the reward function no
         ``log_metric`` hook: ``OnlineDPOTrainer`` (``trl.experimental.online_dpo``) passes only ``trainer_state``,
         but averages and logs every list in its ``trainer.stats`` at each logging step (as its ``objective/*``).
@@ -233,7 +237,7 @@ class PairwiseRewardFunction:
 
                 stats = sum(gather_object([stats]), JudgeStats())  # every process logs the same global numbers
         elif state is None or state.num_processes == 1:
-            rewards, stats = self._group_rewards(judge_prompts, texts, owned=lambda g: True)
+            rewards, stats = self._group_rewards(judge_prompts, texts, owned=lambda g: True)  # type: ignore[assignment]  # all owned: no None
         else:
             rewards, stats = self._distributed_group_rewards(judge_prompts, texts, state)
         self.last_metrics = self.metrics(stats)
@@ -242,7 +246,9 @@ class PairwiseRewardFunction:
                 log_metric(name, value)
         return rewards
 
-    def _distributed_group_rewards(self, prompts: list[Prompt], texts: list[str], state) -> tuple[list, JudgeStats]:
+    def _distributed_group_rewards(
+        self, prompts: list[Prompt], texts: list[str], state: PartialState
+    ) -> tuple[list[float], JudgeStats]:
         """Gather everything, rank the groups this process owns, gather the rewards (and judge statistics) back and
         keep the local slice."""
         from accelerate.utils import gather_object
@@ -304,11 +310,13 @@ class PairwiseRewardFunction:
         judge = _RecordingJudge(self.judge)
         pairs = [[texts[i], texts[i + n]] for i in range(n)]
         results = rank_candidates(judge, prompts[:n], pairs, method="round_robin")
-        first = [result.scores[0] for result in results]
+        first = [result.scores[0] for result in results]  # type: ignore[index]  # round robin: scores
         stats = self._judge_stats(judge, prompts[:n], pairs, results)
-        return first + [result.scores[1] for result in results], stats
+        return first + [result.scores[1] for result in results], stats  # type: ignore[index]  # round robin: scores
 
-    def _group_rewards(self, prompts: list[Prompt], texts: list[str], owned) -> tuple[list[float | None], JudgeStats]:
+    def _group_rewards(
+        self, prompts: list[Prompt], texts: list[str], owned: Callable[[int], bool]
+    ) -> tuple[list[float | None], JudgeStats]:
         """Rewards of the completions in the groups ``owned(group_index)`` selects (``None`` for the others), and
         the judge's statistics over those groups."""
         groups = self._groups([prompt_key(p) for p in prompts])
@@ -325,7 +333,7 @@ class PairwiseRewardFunction:
                 scores = result.scores
             else:
                 scores = [1.0 if j == result.best else 0.0 if j == result.worst else 0.5 for j in range(len(groups[g]))]
-            for i, score in zip(groups[g], scores):
+            for i, score in zip(groups[g], scores):  # type: ignore[arg-type]  # round robin: scores
                 rewards[i] = float(score)
         return rewards, self._judge_stats(judge, group_prompts, group_texts, results)
 
@@ -340,13 +348,13 @@ class PairwiseRewardFunction:
         probabilities = judge.probabilities.values()
         clear = 0
         for prompt, texts, result in zip(prompts, candidates, results):
-            best = texts[result.best]
+            best = texts[result.best]  # type: ignore[index]  # groups of 2+: never skipped
             if texts.count(best) > 1:  # an identical twin is as good: no unique winner
                 continue
             key = prompt_key(prompt)
             wins = [judge.probability(key, best, other) for other in set(texts) - {best}]
             wins = [p for p in wins if p is not None]  # knockout: only the matches the best played
-            clear += bool(wins) and min(wins) >= self.clear_win_probability
+            clear += bool(wins) and min(wins) >= self.clear_win_probability  # type: ignore[type-var, operator]  # None dropped
         return JudgeStats(
             abs_margin_sum=sum(abs(p - 0.5) for p in probabilities),
             comparisons=len(probabilities),
@@ -396,7 +404,7 @@ def _runs(keys: list) -> list[tuple[Any, int]]:
     return runs
 
 
-def _process_state():
+def _process_state() -> PartialState | None:
     """accelerate's ``PartialState`` when a ``torch.distributed`` process group is initialised, else ``None``.
 
     ``accelerate.utils.gather_object`` gathers through the shared ``PartialState`` (a bare ``PartialState()``),

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import GenerationConfig, Trainer, TrainerCallback
@@ -15,6 +16,9 @@ from rlhf_pairs.judges.trl_adapter import as_judge
 from rlhf_pairs.ranking import SupportsCompare
 from rlhf_pairs.utils.io import write_json_atomic
 from rlhf_pairs.win_rate import WinRate, win_rate
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, TrainerControl, TrainerState, TrainingArguments
 
 
 class PairwiseWinRateCallback(TrainerCallback):
@@ -77,7 +81,7 @@ class PairwiseWinRateCallback(TrainerCallback):
         freq: int | None = None,
         system_message: str = "merge",
         prefix: str = "eval",
-    ):
+    ) -> None:
         if prompts is None:
             if trainer.eval_dataset is None or "prompt" not in trainer.eval_dataset.column_names:
                 raise ValueError("pass `prompts`, or give the trainer an `eval_dataset` with a 'prompt' column")
@@ -118,7 +122,7 @@ class PairwiseWinRateCallback(TrainerCallback):
         self.generation_config = generation_config
 
     @property
-    def _tokenizer(self):
+    def _tokenizer(self) -> PreTrainedTokenizerBase:
         processing_class = self.trainer.processing_class
         return getattr(processing_class, "tokenizer", processing_class)
 
@@ -126,7 +130,9 @@ class PairwiseWinRateCallback(TrainerCallback):
     def references_path(self) -> Path:
         return Path(self.trainer.args.output_dir) / f"{self.prefix}_win_rate_references.json"
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.references is not None:
             return
         key = {"prompts": self.prompts, "generation_config": self.generation_config.to_json_string(use_diff=True)}
@@ -139,12 +145,12 @@ class PairwiseWinRateCallback(TrainerCallback):
         if self.trainer.accelerator.is_main_process:
             write_json_atomic(self.references_path, {**key, "references": self.references})
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         freq = self.freq or state.eval_steps
         if freq and state.global_step % int(freq) == 0:
             self.evaluate(state.global_step)
 
-    def on_evaluate(self, args, state, control, **kwargs):
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.evaluate(state.global_step)
 
     def evaluate(self, step: int) -> WinRate:
@@ -155,7 +161,7 @@ class PairwiseWinRateCallback(TrainerCallback):
             raise RuntimeError("no references yet: they are generated at the start of training, or pass them")
         completions = self.generate()
         accelerator = self.trainer.accelerator
-        result = [None]
+        result: list[Any] = [None]  # the main process's WinRate, broadcast to the others
         if accelerator.is_main_process:
             result = [win_rate(self.judge, self.judge_prompts, completions, self.references)]
         if accelerator.num_processes > 1:
