@@ -6,7 +6,7 @@ Three layers, each usable alone:
   P(chosen is better) (the judge's verdict, both orders combined exactly as ``compare`` does), for a
   :class:`PairwiseJudge` whose scores map to probabilities P(first is better) in each of the two orders, and for a
   pointwise judge (a reward model) the rewards of both responses, which then decide correctness.
-- pure metrics over those records: :func:`outcome` (the tie rule of ``ties``, :func:`rlhf_pairs.win_rate.pair_outcome`),
+- pure metrics over those records: :func:`outcome` (the tie rule of ``ties``, :func:`rlhf_pairs.ranking.pair_outcome`),
   :func:`subset_metrics`, :func:`section_scores`, :func:`position_metrics`, :func:`length_bias`, all gathered by
   :func:`build_report`;
 - :func:`format_report`: the report as readable Markdown tables.
@@ -333,7 +333,7 @@ def score_examples(
 
 def order_verdict(p_first: float) -> int:
     """+1 when one order's P(first is better) prefers the first response, -1 the second, 0 for exactly 0.5 (the
-    package's one tie rule, :func:`~rlhf_pairs.win_rate.pair_outcome`)."""
+    package's one tie rule, :func:`~rlhf_pairs.ranking.pair_outcome`)."""
     return round(2 * pair_outcome(p_first) - 1)
 
 

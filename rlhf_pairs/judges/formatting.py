@@ -4,9 +4,15 @@ training sequences and held-out evaluation, so they cannot drift apart."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from rlhf_pairs.data_utils import Prompt, as_messages
 from rlhf_pairs.judges.templates import PLAIN_CHAT_TEMPLATE, JudgeTemplate, load_template, question_text
 from rlhf_pairs.tokenization import SafeEncoder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PAIR_TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {response_A} [RESPONSE B] {response_B} \n"
 _SENTINEL = "\x00RLHF_PAIRS_CONTENT\x00"
@@ -21,7 +27,13 @@ class ComparisonFormatter:
     of the template, where the model decides, is always kept.
     """
 
-    def __init__(self, tokenizer, labels: tuple[str, str], max_length: int | None = None, owner: str = "judge"):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        labels: Sequence[str],
+        max_length: int | None = None,
+        owner: str = "judge",
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.encoder = SafeEncoder(tokenizer)
@@ -70,12 +82,14 @@ class ComparisonFormatter:
         return self._truncate(context, response_a, response_b, ids)
 
     def _truncate(self, context: str, response_a: str, response_b: str, ids: list[int]) -> list[int]:
+        assert self.max_length is not None  # encode() truncates only with a max_length
+        max_length = self.max_length
         decode = self.tokenizer.decode
-        excess = len(ids) - self.max_length
+        excess = len(ids) - max_length
         context_ids = self.encoder.plain(context)
         context = decode(context_ids[min(excess, len(context_ids)) :]) if excess < len(context_ids) else ""
         ids = self._encode_filled(context, response_a, response_b)
-        excess = len(ids) - self.max_length
+        excess = len(ids) - max_length
         if excess > 0:
             a_ids, b_ids = self.encoder.plain(response_a), self.encoder.plain(response_b)
             budget = max(len(a_ids) + len(b_ids) - excess, 0)
@@ -83,7 +97,7 @@ class ComparisonFormatter:
             b_keep = min(len(b_ids), budget - a_keep)
             ids = self._encode_filled(context, decode(a_ids[:a_keep]), decode(b_ids[:b_keep]))
         # Decoding and re-encoding can shift a few tokens; the end of the template is what the model reads.
-        return ids[-self.max_length :]
+        return ids[-max_length:]
 
 
 class PairPreferenceFormatter(ComparisonFormatter):
@@ -94,7 +108,9 @@ class PairPreferenceFormatter(ComparisonFormatter):
     BOS text removed, encoded without special tokens. ``labels`` are the card's "A" and "B".
     """
 
-    def __init__(self, tokenizer, max_length: int | None = None, labels: tuple[str, str] = ("A", "B")):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None, labels: Sequence[str] = ("A", "B")
+    ) -> None:
         super().__init__(tokenizer, labels, max_length, owner="pair preference LM")
         self.bos_text = tokenizer.bos_token or ""
         wrapped = self.chat_text(_SENTINEL, strip_bos=False)
@@ -142,7 +158,9 @@ class ChatJudgeFormatter(ComparisonFormatter):
     A chat template that refuses a system turn gets the system message at the head of the user message.
     """
 
-    def __init__(self, tokenizer, template: JudgeTemplate, max_length: int | None = None):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, template: JudgeTemplate, max_length: int | None = None
+    ) -> None:
         super().__init__(tokenizer, template.labels, max_length, owner=f"judge (template {template.name!r})")
         self.template = template
         self.merge_system = False
@@ -191,7 +209,12 @@ class ChatJudgeFormatter(ComparisonFormatter):
         return ids + self.encoder.template(text)
 
 
-def make_formatter(tokenizer, template: str | JudgeTemplate = "rlhflow", labels=None, max_length: int | None = None):
+def make_formatter(
+    tokenizer: PreTrainedTokenizerBase,
+    template: str | JudgeTemplate = "rlhflow",
+    labels: Sequence[str] | None = None,
+    max_length: int | None = None,
+) -> ComparisonFormatter:
     """The formatter of ``template`` (a shipped name, a Jinja file or a :class:`JudgeTemplate`): RLHFlow's card format
     for ``rlhflow``, :class:`ChatJudgeFormatter` otherwise."""
     loaded = load_template(template, labels)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DebertaV2Model, DebertaV2PreTrainedModel
+from transformers import DebertaV2Config, DebertaV2Model, DebertaV2PreTrainedModel
 from transformers.models.deberta_v2.modeling_deberta_v2 import (
     DisentangledSelfAttention,
     build_relative_position,
@@ -48,7 +48,7 @@ class DebertaV2PairRM(DebertaV2PreTrainedModel):
 
     base_model_prefix = "pretrained_model"
 
-    def __init__(self, config):
+    def __init__(self, config: DebertaV2Config) -> None:
         super().__init__(config)
         self.n_tasks = getattr(config, "n_tasks", 1)
         self.drop_out = getattr(config, "drop_out", 0.05)
@@ -80,7 +80,7 @@ class DebertaV2PairRM(DebertaV2PreTrainedModel):
         cand1_positions: torch.Tensor | None = None,
         cand2_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: object,
     ) -> PairRMOutput:
         """``labels`` (optional, 1.0 when candidate 1 is better) give a logistic loss on the logits."""
         hidden = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -110,13 +110,13 @@ class SdpaDisentangledSelfAttention(DisentangledSelfAttention):
 
     def forward(
         self,
-        hidden_states,
-        attention_mask,
-        output_attentions=False,
-        query_states=None,
-        relative_pos=None,
-        rel_embeddings=None,
-    ):
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        output_attentions: bool = False,
+        query_states: torch.Tensor | None = None,
+        relative_pos: torch.Tensor | None = None,
+        rel_embeddings: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if output_attentions or query_states is not None:
             return super().forward(
                 hidden_states, attention_mask, output_attentions, query_states, relative_pos, rel_embeddings
@@ -146,7 +146,14 @@ class SdpaDisentangledSelfAttention(DisentangledSelfAttention):
         )
         return context.transpose(1, 2).reshape(batch, length, -1), None
 
-    def _relative_bias(self, query, key, relative_pos, rel_embeddings, scale_factor) -> torch.Tensor:
+    def _relative_bias(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        relative_pos: torch.Tensor | None,
+        rel_embeddings: torch.Tensor,
+        scale_factor: int,
+    ) -> torch.Tensor:
         """transformers' ``disentangled_attention_bias`` with fewer passes over (batch*heads, L, L) tensors.
 
         The same numbers: each term is divided by the scale while it is still (batch*heads, L, 2 x span), before

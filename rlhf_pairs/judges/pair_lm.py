@@ -6,8 +6,13 @@ for every generative judge); the card's format is :class:`~rlhf_pairs.judges.for
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rlhf_pairs.judges.formatting import PAIR_TEMPLATE, PLAIN_CHAT_TEMPLATE, PairPreferenceFormatter
 from rlhf_pairs.judges.generative import GenerativeJudge
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["PAIR_TEMPLATE", "PLAIN_CHAT_TEMPLATE", "PairPreferenceFormatter", "PairPreferenceJudge"]
 
@@ -18,7 +23,7 @@ class PairPreferenceJudge(GenerativeJudge):
     P(first is better) = softmax over the last-position logits of the tokens "A" and "B" (``temperature``, 1.0 by
     default); :meth:`compare` averages P(a) over both orders, exactly like the card."""
 
-    def __init__(self, model, tokenizer, **kwargs):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> None:
         template = kwargs.setdefault("template", "rlhflow")
         if template != "rlhflow":
             raise ValueError(f"PairPreferenceJudge reads the rlhflow template; for {template!r} use GenerativeJudge")

@@ -10,11 +10,13 @@ the win-rate callback); :func:`as_judge` wraps any object that has ``judge`` but
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 
 from rlhf_pairs.data_utils import Prompt
 from rlhf_pairs.judges.base import PairwiseJudge
+from rlhf_pairs.ranking import SupportsCompare
 
 # TRL 0.19.0's trl.trainer.utils.SIMPLE_CHAT_TEMPLATE: OnlineDPOTrainer rendered conversational prompts with it
 # before calling a judge, so that the judge did not depend on the policy's chat template.
@@ -56,11 +58,11 @@ class TRLJudgeAdapter(PairwiseJudge):
 
     def __init__(
         self,
-        trl_judge,
+        trl_judge: Any,  # anything with TRL's judge(prompts, completions, shuffle_order)
         format_prompt: Callable[[Prompt], object] | None = None,
         on_failure: str = "tie",
         cache_size: int = 100_000,
-    ):
+    ) -> None:
         super().__init__(cache_size=cache_size)
         if not callable(getattr(trl_judge, "judge", None)):
             raise TypeError(f"{type(trl_judge).__name__} has no `judge` method: it is not a TRL-style judge")
@@ -97,11 +99,11 @@ class TRLJudgeAdapter(PairwiseJudge):
         return torch.tensor(scores, dtype=torch.float64)
 
 
-def as_judge(judge):
+def as_judge(judge: object) -> SupportsCompare:
     """``judge`` itself when it has ``compare`` (a :class:`~rlhf_pairs.PairwiseJudge` or any compatible object),
     a :class:`TRLJudgeAdapter` around it when it only has TRL's ``judge``. Raises ``TypeError`` otherwise."""
     if callable(getattr(judge, "compare", None)):
-        return judge
+        return cast(SupportsCompare, judge)
     if callable(getattr(judge, "judge", None)):
         return TRLJudgeAdapter(judge)
     raise TypeError(
