@@ -115,7 +115,11 @@ class MainProcessLogger(logging.LoggerAdapter):
 
 
 def get_logger(name: str) -> MainProcessLogger:
-    """The module logger of a job's code: :class:`MainProcessLogger` over ``logging.getLogger(name)``."""
+    """The module logger of a job's code: :class:`MainProcessLogger` over ``logging.getLogger(name)``. Our loggers'
+    level follows ``RLHF_PAIRS_VERBOSITY`` when it is set (:mod:`rlhf_pairs.utils.verbosity`)."""
+    from rlhf_pairs.utils.verbosity import apply_package_level
+
+    apply_package_level()
     return MainProcessLogger(logging.getLogger(name), {})
 
 
