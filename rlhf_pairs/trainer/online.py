@@ -5,7 +5,6 @@ saved model."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 from rlhf_pairs.configs import JudgeArguments, OnlineConfig
@@ -115,10 +114,14 @@ def train_with_pair_judge(
     judge's reward (``layout`` as in :func:`build_reward`; ``"groups"`` uses the trainer config's
     ``num_generations``, so a prompt sampled twice in a row still makes two groups) logging the judge's
     ``rewards/pairwise_judge/{decisiveness,clear_winner_rate}``, attach the win-rate callback, save; returns the
-    trainer."""
+    trainer. The trainer prints its step bar, a line per win-rate evaluation and one at the end, not its per-step log
+    records (:func:`~rlhf_pairs.trainer.console.quiet_trainer_console`)."""
     from trl import get_peft_config
 
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+    from rlhf_pairs.trainer.console import quiet_trainer_console
+    from rlhf_pairs.utils.verbosity import filter_known_noise
+
+    filter_known_noise()  # TRL's calls of transformers' deprecated aliases; DeepSpeed's CPU notice
 
     train_prompts, win_rate_prompts = load_prompt_splits(script_args)  # a bad prompt fails before any model loads
     model, tokenizer = load_policy(model_args, training_args)
@@ -144,6 +147,7 @@ def train_with_pair_judge(
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    quiet_trainer_console(trainer)
     reward.log_metrics_to(trainer)  # OnlineDPO: the judge's metrics into trainer.stats (GRPO passes log_metric)
     add_win_rate_callback(trainer, judge, script_args, win_rate_prompts)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -39,10 +39,12 @@ from __future__ import annotations
 import torch
 from trl import ModelConfig, SFTTrainer
 
+from rlhf_pairs.trainer.console import quiet_trainer_console
 from rlhf_pairs.trainer.pair_pm_data import (
     RenderedContextFormatter,
 )
 from rlhf_pairs.utils.distributed import get_logger
+from rlhf_pairs.utils.verbosity import filter_known_noise
 from rlhf_pairs.win_rate import pair_outcome
 
 logger = get_logger(__name__)  # main process only (rlhf_pairs.utils.distributed)
@@ -72,7 +74,14 @@ def ensure_pad_token(tokenizer, model=None) -> str:
         else:
             tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
             if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+                filter_known_noise()  # transformers' advice on mean_resizing: the line below says what it did
                 model.resize_token_embeddings(len(tokenizer))
+                logger.info(
+                    "added the pad token %r: embeddings resized to %d rows, the new row drawn around the old rows' "
+                    "mean (transformers' mean_resizing)",
+                    ADDED_PAD_TOKEN,
+                    len(tokenizer),
+                )
     if model is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:
@@ -241,11 +250,14 @@ class PairPreferenceSFTTrainer(HeldOutPairwiseAccuracy, SFTTrainer):
     :class:`~rlhf_pairs.PairPreferenceJudge`.
 
     ``eval_pairs``: (rendered contexts, chosen, rejected); ``judge_max_length``: the judge's truncation length (the
-    training sequences' prefix budget, so that evaluation reads what training wrote).
+    training sequences' prefix budget, so that evaluation reads what training wrote). It prints its step bar and a
+    line per evaluation and at the end, not its log records (:mod:`rlhf_pairs.trainer.console`).
     """
 
     def __init__(self, *args, eval_pairs=None, judge_max_length: int | None = None, **kwargs):
+        filter_known_noise()  # before the build: accelerate imports DeepSpeed there
         super().__init__(*args, **kwargs)
+        quiet_trainer_console(self)
         self.eval_pairs = eval_pairs
         self.judge_max_length = judge_max_length
 

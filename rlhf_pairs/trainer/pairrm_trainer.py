@@ -43,6 +43,7 @@ from transformers import Trainer
 from rlhf_pairs.configs import PAIRRM_LOSSES
 from rlhf_pairs.data_utils import Prompt, load_split, validate_prompt
 from rlhf_pairs.tokenization import pad_batch
+from rlhf_pairs.trainer.console import quiet_trainer_console
 from rlhf_pairs.trainer.pair_pm_data import (
     ConversionStats,
     PreferencePair,
@@ -52,6 +53,7 @@ from rlhf_pairs.trainer.pair_pm_data import (
     load_preference_splits,
 )
 from rlhf_pairs.trainer.pair_pm_trainer import HeldOutPairwiseAccuracy
+from rlhf_pairs.utils.verbosity import filter_known_noise
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Sources and sampled pairs
@@ -195,14 +197,17 @@ class PairRMCollator:
 class PairRMTrainer(HeldOutPairwiseAccuracy, Trainer):
     """``Trainer`` with a PairRM loss (``loss_type``, see the module docstring) and held-out pairwise accuracy
     (``eval_pairs`` = (prompts, chosen, rejected)); use with :class:`PairRMCollator` built with
-    ``both_orders = loss_type == "both_orders"``."""
+    ``both_orders = loss_type == "both_orders"``. It prints its step bar and a line per evaluation and at the end, not
+    its log records (:mod:`rlhf_pairs.trainer.console`)."""
 
     def __init__(
         self, *args, eval_pairs=None, encoder_kwargs: dict | None = None, loss_type: str = "both_orders", **kwargs
     ):
         if loss_type not in PAIRRM_LOSSES:
             raise ValueError(f"`loss_type` must be one of {PAIRRM_LOSSES}, got {loss_type!r}")
+        filter_known_noise()  # before the build: accelerate imports DeepSpeed there
         super().__init__(*args, **kwargs)
+        quiet_trainer_console(self)
         self.eval_pairs = eval_pairs
         self.encoder_kwargs = encoder_kwargs or {}
         self.loss_type = loss_type

@@ -15,15 +15,13 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from accelerate.logging import get_logger
-
 from rlhf_pairs.trainer.iterative_metrics import mean_logged_loss
 from rlhf_pairs.utils.checkpoints import last_complete_checkpoint, remove_incomplete_checkpoints
-from rlhf_pairs.utils.distributed import gathered_parameters
+from rlhf_pairs.utils.distributed import gathered_parameters, get_logger
 from rlhf_pairs.utils.faults import kill_point
 from rlhf_pairs.utils.io import write_json_atomic
 
-logger = get_logger(__name__)
+logger = get_logger(__name__)  # main process only (rlhf_pairs.utils.distributed)
 
 
 def train_round(
@@ -46,6 +44,8 @@ def train_round(
     LoRA, use the policy with its adapter disabled. That adapter-less policy is used only when it is the reference
     (``reference_path == policy_path``); otherwise the reference loads as a separate model.
 
+    The trainer prints its step bar and one line at the end (``label``: steps, time, loss), not its per-step log
+    records (:func:`~rlhf_pairs.trainer.console.quiet_trainer_console`; ``RLHF_PAIRS_VERBOSITY=debug`` prints them).
     Trainer checkpoints go to ``checkpoint_dir``; a run killed mid-training resumes from the last complete one
     (half-written ones are removed first). ``save_dir`` is emptied, then gets the model (LoRA merged), the tokenizer
     and ``log_history.json``. ``train_loss`` in the summary is :func:`mean_logged_loss` of the (restored) log history,
@@ -60,7 +60,11 @@ def train_round(
     from transformers import TrainerCallback
     from trl import DPOConfig, get_peft_config
 
+    from rlhf_pairs.trainer.console import quiet_trainer_console
     from rlhf_pairs.utils.models import load_causal_lm, load_tokenizer
+    from rlhf_pairs.utils.verbosity import filter_known_noise
+
+    filter_known_noise()  # before the trainer is built: accelerate imports DeepSpeed there
 
     dataset = datasets.Dataset.from_list([{key: v for key, v in r.items() if key != "margin"} for r in rows])
     tokenizer = load_tokenizer(model_args, training_args, policy_path)
@@ -88,6 +92,7 @@ def train_round(
         from trl import SFTTrainer
 
         trainer = SFTTrainer(model=model, callbacks=[KillPoint()], **common)
+    quiet_trainer_console(trainer, label)
     if state.is_main_process:
         remove_incomplete_checkpoints(checkpoint_dir)
     state.wait_for_everyone()
