@@ -177,7 +177,9 @@ def iterate_arguments(args: argparse.Namespace, policy: str, judge: str) -> list
         "report_to": "none",
         "bf16": False,
         "use_cpu": True,
-        "disable_tqdm": True,
+        # TRL's default (gradient checkpointing on), by the name transformers >= 5.23 gives it: TRL 1.16 sets it under
+        # the old name, which transformers warns about on every parse.
+        "activation_checkpointing": True,
         # ModelConfig
         "model_name_or_path": policy,
         "dtype": "float32",
@@ -302,6 +304,9 @@ def report(
 def main(args: argparse.Namespace) -> dict:
     """Run the demo with the parsed ``args``; returns the metrics, the time taken and the output directory."""
     start, started = time.perf_counter(), time.time()
+    from rlhf_pairs.utils.verbosity import setup_console
+
+    setup_console()  # RLHF_PAIRS_VERBOSITY: our lines and bars, no library bars or trainer dicts (docs/demo.md)
 
     # ---- models ----
     if args.policy is None:
