@@ -46,8 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accelerate.logging import get_logger
-
 from rlhf_pairs.configs import BestOfNConfig, JudgeArguments, RankConfig
 from rlhf_pairs.data_utils import PROMPT_NOTES, Prompt, describe_prompt_notes, load_prompt_rows, prepare_prompt
 from rlhf_pairs.generation import (
@@ -59,6 +57,7 @@ from rlhf_pairs.generation import (
 )
 from rlhf_pairs.rank_dataset import changed_keys, rank_dataset
 from rlhf_pairs.ranking import METHODS, RankingResult, SupportsCompare, rank_candidates
+from rlhf_pairs.utils.distributed import get_logger
 from rlhf_pairs.utils.faults import scope, stop_on_signals
 from rlhf_pairs.utils.hashing import derived_seed, sha256_json
 from rlhf_pairs.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic

@@ -36,13 +36,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from accelerate.logging import get_logger
-
 from rlhf_pairs.configs import JudgeArguments, RankConfig
 from rlhf_pairs.data_utils import PROMPT_NOTES, describe_prompt_notes, load_rows, prepare_prompt
 from rlhf_pairs.pairs import preference_columns, ranking_rewards
 from rlhf_pairs.ranking import check_probabilities, rank_candidates_with_stats
-from rlhf_pairs.utils.distributed import summed_judge_usage
+from rlhf_pairs.utils.distributed import get_logger, summed_judge_usage
 from rlhf_pairs.utils.faults import kill_point, stop_on_signals
 from rlhf_pairs.utils.hashing import sha256_json
 from rlhf_pairs.utils.io import atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic

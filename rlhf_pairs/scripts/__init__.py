@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -170,9 +172,14 @@ def parse(module, argv: list[str] | None = None) -> tuple:
         short_errors(parser, module)
         argv = ["--help" if a == "--help-all" else a for a in argv]
         if hasattr(parser, "parse_args_and_config"):  # a TrlParser
-            *parsed, from_config, from_flags = parser.parse_args_and_config(
-                args=argv, return_remaining_strings=True, separate_remaining_strings=True
-            )
+            with warnings.catch_warnings():
+                if not _mentions(argv, "gradient_checkpointing"):
+                    # TRL 1.16's configs default `gradient_checkpointing=True`, which transformers >= 5.23 reports as
+                    # deprecated (renamed `activation_checkpointing`) on every parse: noise unless the user wrote it.
+                    warnings.filterwarnings("ignore", r"`gradient_checkpointing` is deprecated", FutureWarning)
+                *parsed, from_config, from_flags = parser.parse_args_and_config(
+                    args=argv, return_remaining_strings=True, separate_remaining_strings=True
+                )
             if from_flags:  # as argparse reports them (HfArgumentParser raises a ValueError)
                 parser.error(f"unrecognized arguments: {' '.join(from_flags)}")
             if from_config:
@@ -180,6 +187,16 @@ def parse(module, argv: list[str] | None = None) -> tuple:
                 raise ValueError(f"--config: unknown keys {unknown}: no option of this job has those names")
             return tuple(parsed)
         return (parser.parse_args(argv),)
+
+
+def _mentions(argv: list[str], key: str) -> bool:
+    """Whether the command line or its ``--config`` recipe sets ``key``."""
+    if any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in argv):
+        return True
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        recipe = Path(argv[argv.index("--config") + 1])
+        return recipe.is_file() and re.search(rf"(?m)^{key}\s*:", recipe.read_text(encoding="utf-8")) is not None
+    return False
 
 
 def job_name(module) -> str:
@@ -246,6 +263,9 @@ def run(module, argv: list[str] | None = None):
     """Parse ``argv`` for the script ``module`` and run its ``main``; returns what ``main`` returns."""
     args = parse(module, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from rlhf_pairs.utils.verbosity import setup_console  # after parsing: --help imports no transformers
+
+    setup_console()
     return module.main(*args)
 
 

@@ -58,9 +58,8 @@ def training_mode(argv: list[str] | None) -> str:
 
 def main(script_args: IterateConfig, judge_args: JudgeArguments, training_args, model_args) -> list[dict]:
     """Run every unfinished stage of every round; returns the per-round metrics."""
-    from accelerate.logging import get_logger
-
     from rlhf_pairs.trainer.iterative import run_loop
+    from rlhf_pairs.utils.distributed import get_logger
 
     logger = get_logger(__name__)  # main process only, unless told otherwise
     _, metrics = run_loop(script_args, judge_args, training_args, model_args)

@@ -44,7 +44,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from accelerate.logging import get_logger
 from accelerate.utils.memory import clear_device_cache
 
 from rlhf_pairs.configs import IterateConfig, JudgeArguments, RankConfig
@@ -55,6 +54,7 @@ from rlhf_pairs.trainer.iterative_metrics import RoundLogger, collect_metrics, s
 from rlhf_pairs.trainer.iterative_plan import load_prompts, plan_stages
 from rlhf_pairs.trainer.round_training import train_round
 from rlhf_pairs.trainer.stages import Stage, StageConfigChanged
+from rlhf_pairs.utils.distributed import get_logger
 from rlhf_pairs.utils.faults import check_stop, scope, stop_on_signals
 from rlhf_pairs.utils.hashing import derived_seed
 from rlhf_pairs.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic

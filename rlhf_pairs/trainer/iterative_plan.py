@@ -13,11 +13,10 @@ from collections import Counter
 from enum import Enum
 from pathlib import Path
 
-from accelerate.logging import get_logger
-
 from rlhf_pairs.configs import IterateConfig, JudgeArguments
 from rlhf_pairs.data_utils import describe_prompt_notes, load_prompt_rows
 from rlhf_pairs.trainer.stages import Stage
+from rlhf_pairs.utils.distributed import get_logger
 from rlhf_pairs.utils.hashing import sha256_json
 
 logger = get_logger(__name__)  # main process only (iterate sets up the process state first)
