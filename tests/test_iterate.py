@@ -75,13 +75,13 @@ def args(inputs, output_dir, *extra, recipe=RECIPE):
     ]))  # fmt: skip
 
 
-def run_cli(inputs, output_dir, *extra, kill_at=None):
-    """``rlhf-pairs iterate`` in a fresh process (one thread, as in the 2-process launch); returns the exit code."""
+def run_cli(inputs, output_dir, *extra, kill_at=None, recipe=RECIPE):
+    """``rlhf-pairs iterate`` in a fresh process (one thread, as in the 2-process launch); returns the process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RLHF_PAIRS_KILL_AT", None)
     if kill_at:
         env["RLHF_PAIRS_KILL_AT"] = kill_at
-    cmd = [sys.executable, "-m", "rlhf_pairs.cli", "iterate", *args(inputs, output_dir, *extra)]
+    cmd = [sys.executable, "-m", "rlhf_pairs.cli", "iterate", *args(inputs, output_dir, *extra, recipe=recipe)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if kill_at is None:
         assert proc.returncode == 0, proc.stderr[-6000:]

@@ -5,16 +5,15 @@ loop itself: a rule judge's preference learned, 1 vs 2 processes, kill and resum
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+from test_iterate import args as iterate_cli_args
+from test_iterate import run_cli as iterate_run_cli
+from test_iterate import weights
 
 from rlhf_pairs.cli import main as cli
 from rlhf_pairs.judges.base import RewardJudge
@@ -427,27 +426,12 @@ def test_rank_writes_the_p_matrix_with_round_robin_only(tiny_pair_lm_path, tmp_p
 
 # ---- the loop ----
 def iterate_args(inputs, output_dir, *extra):
-    return list(map(str, [
-        "--config", RECIPES / "tiny_cpu.yaml", "--model_name_or_path", inputs["policy"], "--judge", inputs["judge"],
-        "--dataset_name", inputs["prompts"], "--output_dir", output_dir, *extra,
-    ]))  # fmt: skip
+    return iterate_cli_args(inputs, output_dir, *extra, recipe=RECIPES / "tiny_cpu.yaml")
 
 
 def run_cli(inputs, output_dir, *extra, kill_at=None):
-    """``rlhf-pairs iterate`` in a fresh process with one thread (as each process of a 2-process launch)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RLHF_PAIRS_KILL_AT", None)
-    if kill_at:
-        env["RLHF_PAIRS_KILL_AT"] = kill_at
-    cmd = [sys.executable, "-m", "rlhf_pairs.cli", "iterate", *iterate_args(inputs, output_dir, *extra)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if kill_at is None:
-        assert proc.returncode == 0, proc.stderr[-6000:]
-    return proc
-
-
-def weights(path):
-    return load_file(str(Path(path) / "model.safetensors"))
+    """``rlhf-pairs iterate`` with the SPPO tiny recipe in a fresh process with one thread."""
+    return iterate_run_cli(inputs, output_dir, *extra, kill_at=kill_at, recipe=RECIPES / "tiny_cpu.yaml")
 
 
 @pytest.fixture(scope="module")
