@@ -34,6 +34,7 @@ from rlhf_pairs.utils.hashing import sha256_json
 from rlhf_pairs.utils.io import write_jsonl_atomic, write_text_atomic
 from rlhf_pairs.utils.locking import main_process_lock
 from rlhf_pairs.utils.plotting import write_section_chart
+from rlhf_pairs.utils.verbosity import show_progress_bars
 
 logger = get_logger(__name__)  # main process only
 
@@ -102,7 +103,7 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
     # ------------------------------------------------------------------ evaluation
     start = time.perf_counter()
     records: list[dict] = []
-    for k in tqdm(mine, main_process_only=True, desc="judging pairs", unit="shard"):
+    for k in tqdm(mine, main_process_only=True, desc="judging pairs", unit="shard", disable=not show_progress_bars()):
         if hasattr(judge, "clear_cache"):  # a shard's scores must not depend on the shards judged before it
             judge.clear_cache()
         shard = rows[starts[k] : starts[k] + config.shard_size]

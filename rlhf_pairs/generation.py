@@ -26,6 +26,7 @@ from rlhf_pairs.data_utils import Prompt
 from rlhf_pairs.tokenization import ChatPromptEncoder
 from rlhf_pairs.utils.faults import kill_point
 from rlhf_pairs.utils.io import read_jsonl, write_jsonl_atomic
+from rlhf_pairs.utils.verbosity import show_progress_bars
 
 # A sampler: (prompts, seed) -> (responses per prompt, sanitized count per prompt), as generate_candidates returns.
 Sampler = Callable[[Sequence[Prompt], int], tuple[list[list[str]], list[int]]]
@@ -192,7 +193,7 @@ def generate_sharded(
     todo = [c for c in todo if not paths[c].exists()]
     if todo:
         sample = make_sampler()
-        for c in tqdm(todo, desc=desc or tag):
+        for c in tqdm(todo, desc=desc or tag, disable=not show_progress_bars()):
             chunk = prompts[starts[c] : starts[c] + shard_size]
             responses, sanitized = sample(chunk, chunk_seed(c))
             write_jsonl_atomic(paths[c], [{"responses": r, "sanitized": n} for r, n in zip(responses, sanitized)])

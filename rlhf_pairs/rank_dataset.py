@@ -45,6 +45,7 @@ from rlhf_pairs.utils.faults import kill_point, stop_on_signals
 from rlhf_pairs.utils.hashing import sha256_json
 from rlhf_pairs.utils.io import atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic
 from rlhf_pairs.utils.locking import main_process_lock
+from rlhf_pairs.utils.verbosity import show_progress_bars
 
 logger = get_logger(__name__)  # logs on the main process only (the state exists: process_state() runs first)
 
@@ -277,7 +278,7 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
     judge = judge_args.load(state.device) if todo else None
     matches = rows_judged = rows_scored = 0
     start = time.perf_counter()
-    for k in tqdm(todo, main_process_only=True, desc="ranking shards"):
+    for k in tqdm(todo, main_process_only=True, desc="ranking shards", disable=not show_progress_bars()):
         if hasattr(judge, "clear_cache"):  # a hit from an earlier shard would make this shard depend on it
             judge.clear_cache()
         part = slice(starts[k], starts[k] + config.shard_size)

@@ -212,3 +212,27 @@ def test_the_demo_prints_its_report_without_library_bars_or_trainer_records(tiny
     assert any(line.startswith("round_1/train: 100%") for line in lines)  # the demo's step bar
     messages = [r.getMessage() for r in caplog.records]  # pytest's handler takes the log lines in this process
     assert any(re.match(r"round_1/train: 2 steps in [\d.]+ s, loss ", m) for m in messages)
+
+
+def test_warning_verbosity_shows_no_progress_bars(tiny_pair_lm_path, tmp_path):
+    """`RLHF_PAIRS_VERBOSITY=warning`: no bars of ours (ranking shards, judge batches); `info` shows them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "candidates.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "responses": ["a", "b", "c"]}) + "\n" for i in range(4)))
+
+    def rank(verbosity: str, out: str) -> str:
+        env = {**os.environ, "RLHF_PAIRS_VERBOSITY": verbosity, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "rlhf_pairs.cli", "rank", "--dataset_name", str(data), "--output", out]
+        proc = subprocess.run([*cmd, "--judge", str(tiny_pair_lm_path), "--shard_size", "1"], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    assert "ranking shards" in rank("info", str(tmp_path / "info.jsonl"))
+    quiet = rank("warning", str(tmp_path / "warning.jsonl"))
+    assert "ranking shards" not in quiet and "rank: 4 prompts" not in quiet
+    assert (tmp_path / "warning.jsonl").read_bytes() == (tmp_path / "info.jsonl").read_bytes()

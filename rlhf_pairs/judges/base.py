@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from rlhf_pairs.data_utils import Prompt, prompt_key, validate_prompt
 from rlhf_pairs.ranking import check_scores
 from rlhf_pairs.tokenization import resolve_device_and_dtype
+from rlhf_pairs.utils.verbosity import show_progress_bars
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -58,7 +59,7 @@ def is_main_process() -> bool:
 def progress_bar(batches: list, show: bool | None, desc: str) -> tqdm:
     """``batches`` wrapped in a tqdm bar; ``show=None`` shows it on the main process for calls of 8+ batches."""
     if show is None:
-        show = len(batches) >= 8 and is_main_process()
+        show = len(batches) >= 8 and is_main_process() and show_progress_bars()
     return tqdm(batches, desc=desc, unit="batch", disable=not show, leave=False)
 
 

@@ -44,6 +44,7 @@ import torch
 from rlhf_pairs.data_utils import Prompt, as_messages
 from rlhf_pairs.judges.base import PairwiseJudge, is_main_process
 from rlhf_pairs.judges.templates import JudgeTemplate, load_template, plain_context, question_text
+from rlhf_pairs.utils.verbosity import show_progress_bars
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ def progress_bar_iter(iterable: Iterable[_T], total: int, show: bool | None) -> 
     from tqdm.auto import tqdm
 
     if show is None:
-        show = total >= 64 and is_main_process()
+        show = total >= 64 and is_main_process() and show_progress_bars()
     return tqdm(iterable, total=total, desc="judge requests", unit="request", disable=not show, leave=False)
 
 

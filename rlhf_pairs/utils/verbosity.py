@@ -5,8 +5,7 @@
   trackers: :mod:`rlhf_pairs.trainer.console`); transformers and datasets log warnings only and show no progress
   bars of their own (weight loading, shard writing, dataset maps); the library noise in :data:`KNOWN_WARNINGS` and
   :data:`KNOWN_LOG_RECORDS` is filtered.
-- ``warning``: warnings and errors, the job's printed report and our sampling and ranking bars (those bars take no
-  switch yet); no stage lines, no trainer bar.
+- ``warning``: warnings and errors and the job's printed report; no stage lines, no progress bars.
 - ``debug``: our debug lines, transformers' and datasets' info logs and progress bars, the trainer's dicts as
   transformers prints them, and no filter.
 
@@ -60,6 +59,12 @@ def console_verbosity() -> str:
     if raw not in LEVELS:
         raise ValueError(f"{VERBOSITY_ENV}={raw!r}: expected one of {', '.join(LEVELS)}")
     return raw
+
+
+def show_progress_bars() -> bool:
+    """Whether our progress bars show: at every verbosity but ``warning`` (an unknown value shows them; the job's
+    start reports it)."""
+    return os.environ.get(VERBOSITY_ENV, "").strip().lower() != "warning"
 
 
 def apply_package_level() -> None:
