@@ -24,16 +24,10 @@ token counts (``prompt_tokens``, ``completion_tokens``) and the requests and ver
 
 from __future__ import annotations
 
-import email.utils
-import http.client
 import json
-import logging
 import math
 import os
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,9 +38,8 @@ import torch
 from rlhf_pairs.data_utils import Prompt, as_messages
 from rlhf_pairs.judges.base import PairwiseJudge, is_main_process
 from rlhf_pairs.judges.templates import JudgeTemplate, load_template, plain_context, question_text
+from rlhf_pairs.utils.http import JsonClient
 from rlhf_pairs.utils.verbosity import show_progress_bars
-
-logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504)
 ON_UNPARSABLE = ("tie", "error")
@@ -198,73 +191,32 @@ def soft_verdict(logprobs: object, labels: tuple[str, str], temperature: float =
     return None
 
 
-class OpenAIClient:
-    """Requests to an OpenAI-compatible API at ``base_url``: the key from ``api_key_env`` as a bearer token, retries
-    with backoff on connection errors and :data:`RETRY_STATUSES` for up to ``retry_seconds``."""
+class OpenAIClient(JsonClient):
+    """Requests to an OpenAI-compatible API at ``base_url`` (:class:`~rlhf_pairs.utils.http.JsonClient`): the key from
+    the environment variable ``api_key_env``, retries on connection errors and :data:`RETRY_STATUSES` (backoff 1 s
+    doubling to 16 s, ``Retry-After`` honoured) for up to ``retry_seconds``."""
 
-    def __init__(self, base_url: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 300.0,
-                 retry_seconds: float = 300.0):  # fmt: skip
+    def __init__(
+        self, base_url: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 300.0, retry_seconds: float = 300.0
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"an OpenAI-compatible judge needs an http:// or https:// API base URL, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.retry_seconds = retry_seconds
-        self._api_key = os.environ.get(api_key_env) or None  # never logged, never in repr or files
+        super().__init__(
+            base_url, api_key=os.environ.get(api_key_env), timeout=timeout, retry_seconds=retry_seconds,
+            retry_statuses=RETRY_STATUSES, backoff=(1.0, 16.0), on_unauthorized=self._unauthorized,
+        )  # fmt: skip
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.base_url!r})"
+    def _unauthorized(self, path: str, message: str) -> ValueError:
+        return ValueError(
+            f"judge server {self.base_url}{path} refused the request (401) (set the API key in the environment "
+            f"variable the judge reads): {message}"
+        )
 
     def models(self) -> list[str]:
         """The served models' names (``GET /models``)."""
         reply = self.request("GET", "/models")
         data = reply.get("data") if isinstance(reply, dict) else None
         return [m.get("id") for m in data or [] if isinstance(m, dict)]  # type: ignore[misc]  # JSON: "id" is a str
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> Any:
-        """The JSON reply of one request, retried on connection errors and retryable statuses."""
-        deadline = time.monotonic() + self.retry_seconds
-        delay, tries = 1.0, 0
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        while True:
-            tries += 1
-            request = urllib.request.Request(self.base_url + path, data=body, method=method, headers=headers)
-            wait = None
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as err:
-                message = _error_message(err)
-                if err.code not in RETRY_STATUSES:
-                    hint = " (set the API key in the environment variable the judge reads)" if err.code == 401 else ""
-                    raise ValueError(
-                        f"judge server {self.base_url}{path} refused the request ({err.code}){hint}: {message}"
-                    ) from None
-                last, wait = f"HTTP {err.code}: {message}", _retry_after(err)
-            except TimeoutError as err:
-                raise TimeoutError(
-                    f"judge server {self.base_url}{path} did not answer within {self.timeout} s"
-                ) from err
-            except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as err:
-                reason = getattr(err, "reason", err)
-                if isinstance(reason, TimeoutError):
-                    raise TimeoutError(
-                        f"judge server {self.base_url}{path} did not answer within {self.timeout} s"
-                    ) from err
-                last = f"{type(reason).__name__}: {reason}"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConnectionError(
-                    f"judge server {self.base_url} unreachable or failing: {tries} tries over "
-                    f"{self.retry_seconds:.0f} s, last: {last}"
-                )
-            if tries == 1:
-                logger.warning(
-                    "judge server %s: %s; retrying for up to %.0f s", self.base_url, last, self.retry_seconds
-                )
-            time.sleep(min(wait if wait is not None else delay, remaining))
-            delay = min(delay * 2, 16.0)
 
 
 def only_served_model(base_url: str, api_key_env: str = "OPENAI_API_KEY") -> str:
@@ -286,26 +238,3 @@ def progress_bar_iter(iterable: Iterable[_T], total: int, show: bool | None) -> 
     if show is None:
         show = total >= 64 and is_main_process() and show_progress_bars()
     return tqdm(iterable, total=total, desc="judge requests", unit="request", disable=not show, leave=False)
-
-
-def _retry_after(err: urllib.error.HTTPError) -> float | None:
-    """Seconds from a ``Retry-After`` header (seconds or an HTTP date), capped at a minute."""
-    value = err.headers.get("Retry-After") if err.headers else None
-    if not value:
-        return None
-    try:
-        return min(max(float(value), 0.0), 60.0)
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return min(max(parsed.timestamp() - time.time(), 0.0), 60.0) if parsed else None
-
-
-def _error_message(err: urllib.error.HTTPError) -> str:
-    try:
-        payload = json.loads(err.read())
-        error = payload.get("error") if isinstance(payload, dict) else None
-        if isinstance(error, dict):
-            return str(error.get("message") or error)
-        return str(error or payload.get("detail") or payload)[:500]
-    except Exception:  # noqa: BLE001 - not JSON: say what came back
-        return err.reason or f"HTTP {err.code}"

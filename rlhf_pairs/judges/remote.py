@@ -27,20 +27,14 @@ not re-sent: the server may still be working on it). A reply that does not hold 
 
 from __future__ import annotations
 
-import http.client
 import json
-import logging
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 from rlhf_pairs.data_utils import Prompt
 from rlhf_pairs.judges.base import check_pair_inputs, check_response_inputs
-
-logger = logging.getLogger(__name__)
+from rlhf_pairs.utils.http import JsonClient
 
 API_KEY_ENV = "RLHF_PAIRS_JUDGE_API_KEY"  # the key, on the server's side and on every client's
 RETRY_STATUSES = (502, 503, 504)
@@ -97,10 +91,17 @@ class RemoteJudge:
         self.timeout = timeout
         self.retry_seconds = retry_seconds
         source = API_KEY_ENV if api_key is None else "the `api_key` argument"
-        self._api_key = (os.environ.get(API_KEY_ENV) if api_key is None else api_key) or None  # never shown
-        if self._api_key:
-            check_api_key(self._api_key, source)
-        self.info = info if info is not None else self._request("GET", "/info")
+        key = (os.environ.get(API_KEY_ENV) if api_key is None else api_key) or None  # never shown
+        if key:
+            check_api_key(key, source)
+        self._has_key = bool(key)
+        self._client = JsonClient(
+            self.url, api_key=key, timeout=timeout, retry_seconds=retry_seconds, retry_statuses=RETRY_STATUSES,
+            backoff=(0.5, 4.0), on_unauthorized=self._unauthorized,
+            timeout_hint="; raise `timeout` or send smaller batches",
+            unreachable_hint="; is `rlhf-pairs serve-judge` running there?",
+        )  # fmt: skip
+        self.info = info if info is not None else self._client.request("GET", "/info")
         self.max_body_bytes = int(self.info.get("max_body_bytes") or 0) or None
         expect = dict(expect or {})
         if self.info.get("judge_type") == "pairrm":  # PairRM's budgets are its card's: a local load ignores it too
@@ -148,7 +149,7 @@ class RemoteJudge:
                 path, keys, tuple(c[half:] for c in columns)
             )
         key = "probabilities" if path == "/compare" else "scores"
-        reply = self._request("POST", path, body)
+        reply = self._client.request("POST", path, body)
         values = reply.get(key) if isinstance(reply, dict) else None
         if not isinstance(values, list) or len(values) != n:
             got = len(values) if isinstance(values, list) else type(values).__name__
@@ -156,56 +157,12 @@ class RemoteJudge:
         self.num_requests += 1
         return [float(v) for v in values]
 
-    def _request(self, method: str, path: str, body: bytes | None = None) -> Any:
-        """The JSON reply of one request, retried on connection errors and 502/503/504 (see the module docstring)."""
-        deadline = time.monotonic() + self.retry_seconds
-        delay, tries = 0.5, 0
-        while True:
-            tries += 1
-            request = urllib.request.Request(
-                self.url + path, data=body, method=method, headers={"Content-Type": "application/json"}
-            )
-            if self._api_key:  # an unredirected header: a redirect elsewhere does not carry the key there
-                request.add_unredirected_header("Authorization", f"Bearer {self._api_key}")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as err:
-                if err.code == 401:  # the reply is not shown: whatever answers at the URL could echo the header
-                    raise PermissionError(
-                        f"judge server {self.url} {'refused the API key' if self._api_key else 'requires an API key'} "
-                        f"(401 on {path}): set {API_KEY_ENV} to the key the server was started with"
-                    ) from None
-                message = _error_message(err)
-                if self._api_key:
-                    message = message.replace(self._api_key, "<api key>")
-                if err.code not in RETRY_STATUSES:
-                    if 400 <= err.code < 500:
-                        raise ValueError(
-                            f"judge server {self.url}{path} refused the request ({err.code}): {message}"
-                        ) from None
-                    raise RuntimeError(f"judge server {self.url}{path} failed ({err.code}): {message}") from None
-                last = f"HTTP {err.code}: {message}"
-            except TimeoutError as err:  # socket.timeout is TimeoutError since Python 3.10
-                raise TimeoutError(
-                    f"judge server {self.url}{path} did not answer within {self.timeout} s; raise `timeout` or send "
-                    "smaller batches"
-                ) from err
-            except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as err:
-                reason = getattr(err, "reason", err)
-                if isinstance(reason, TimeoutError):
-                    raise TimeoutError(f"judge server {self.url}{path} did not answer within {self.timeout} s") from err
-                last = f"{type(reason).__name__}: {reason}"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConnectionError(
-                    f"judge server {self.url} unreachable: {tries} tries over {self.retry_seconds:.0f} s, last: {last}; "
-                    "is `rlhf-pairs serve-judge` running there?"
-                )
-            if tries == 1:
-                logger.warning("judge server %s: %s; retrying for up to %.0f s", self.url, last, self.retry_seconds)
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 4.0)
+    def _unauthorized(self, path: str, message: str) -> PermissionError:
+        """A 401; the server's reply is not shown: whatever answers at the URL could echo the header."""
+        what = "refused the API key" if self._has_key else "requires an API key"
+        return PermissionError(
+            f"judge server {self.url} {what} (401 on {path}): set {API_KEY_ENV} to the key the server was started with"
+        )
 
 
 class RemoteRewardJudge(RemoteJudge):
@@ -217,11 +174,3 @@ class RemoteRewardJudge(RemoteJudge):
         if not prompts:
             return []
         return self._rows("/score", ("prompts", "responses"), (prompts, responses))
-
-
-def _error_message(err: urllib.error.HTTPError) -> str:
-    try:
-        payload = json.loads(err.read())
-        return payload.get("error") or payload.get("detail") or json.dumps(payload)
-    except Exception:  # noqa: BLE001 - not our server's JSON: say what came back
-        return err.reason or f"HTTP {err.code}"
