@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # parsed at --help: no torch here
     from rlhf_pairs.ranking import SupportsCompare
 
 MODES = ("dpo", "rejection_sampling", "sppo")
+GENERATIVE_JUDGE_TYPES = ("llm", "openai")  # the judge types that take a template and labels
 REFERENCES = ("initial", "previous")
 BACKENDS = ("hf", "vllm")
 ORDERS = ("both", "random", "as_is")
@@ -124,10 +125,12 @@ class JudgeArguments:
             )
         if self.judge_pairrm_format != "card" and self.judge_type != "pairrm":
             raise ValueError(f"`judge_pairrm_format` applies to judge_type 'pairrm', not {self.judge_type!r}")
-        generative = self.judge_type in ("llm", "openai")
+        generative = self.judge_type in GENERATIVE_JUDGE_TYPES
         for name in ("judge_template", "judge_labels"):
             if getattr(self, name) is not None and not generative:
                 raise ValueError(f"`{name}` applies to judge_type 'llm' or 'openai', not {self.judge_type!r}")
+        if self.judge_model is not None and self.judge_type != "openai":
+            raise ValueError(f"`judge_model` applies to judge_type 'openai', not {self.judge_type!r}")
         if self.judge_type == "openai" and not self.judge.startswith(("http://", "https://")):
             raise ValueError(
                 f"judge_type 'openai' needs `judge` to be the API base URL (http://host:8000/v1), got {self.judge!r}"
@@ -153,7 +156,7 @@ class JudgeArguments:
             fields["judge_pairrm_format"] = self.judge_pairrm_format
         if self.judge_type == "remote":
             fields["served"] = self.served_judge()
-        if self.judge_type in ("llm", "openai"):  # absent for the other types: their finished runs still resume
+        if self.judge_type in GENERATIVE_JUDGE_TYPES:  # absent for the other types: their finished runs still resume
             template = self.template_name()
             fields["judge_template"] = str(Path(template).resolve()) if Path(template).is_file() else template
             if self.judge_labels is not None:
@@ -211,7 +214,7 @@ class JudgeArguments:
 
     def generative_options(self) -> dict[str, Any]:
         """The options of judge_type llm (template, labels) and openai (also the model, concurrency, key variable)."""
-        if self.judge_type not in ("llm", "openai"):
+        if self.judge_type not in GENERATIVE_JUDGE_TYPES:
             return {}
         options: dict[str, Any] = {"template": self.template_name(), "labels": self.label_pair()}
         if self.judge_type == "openai":

@@ -134,6 +134,8 @@ def test_labels_are_checked_at_load(tiny_pair_lm_path, tmp_path):
         JudgeArguments(judge=path, judge_type="llm", judge_labels="A")
     with pytest.raises(ValueError, match="applies to judge_type 'llm' or 'openai'"):
         JudgeArguments(judge=path, judge_type="pair_lm", judge_template="mt_bench")
+    with pytest.raises(ValueError, match="`judge_model` applies to judge_type 'openai'"):
+        JudgeArguments(judge=path, judge_type="llm", judge_model="a-served-name")
 
 
 def test_candidate_text_cannot_forge_special_tokens(tiny_pair_lm_path):
