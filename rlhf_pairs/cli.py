@@ -15,7 +15,7 @@ import sys
 from rlhf_pairs import __version__
 
 # JOBS (the job table) lives with the scripts, below this module, and stays importable from here.
-from rlhf_pairs.scripts import JOBS, accelerate_config_path, report_user_errors, run
+from rlhf_pairs.scripts import JOBS, accelerate_config_path, finish_command, report_user_errors, run
 
 
 def usage() -> str:
@@ -113,7 +113,7 @@ def console_main(argv: list[str] | None = None) -> int:
         nonlocal status
         status = main(argv)
 
-    return report_user_errors(command, prog) or status
+    return finish_command(report_user_errors(command, prog) or status)
 
 
 if __name__ == "__main__":

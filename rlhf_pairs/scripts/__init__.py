@@ -266,7 +266,11 @@ def run(module, argv: list[str] | None = None):
     from rlhf_pairs.utils.verbosity import setup_console  # after parsing: --help imports no transformers
 
     setup_console()
-    return module.main(*args)
+    result = module.main(*args)
+    from rlhf_pairs.utils.distributed import close_process_group
+
+    close_process_group()
+    return result
 
 
 DEBUG_ENV = "RLHF_PAIRS_DEBUG"
@@ -293,6 +297,16 @@ def report_user_errors(fn, prog: str) -> int:
         return 1
 
 
+def finish_command(status: int) -> int:
+    """``status``, for a command to exit with; a launched worker exits here instead, without the interpreter's
+    teardown, where gloo can abort a worker that finished (:func:`~rlhf_pairs.utils.distributed.exit_worker`)."""
+    from rlhf_pairs.utils.distributed import exit_worker, launched_worker
+
+    if launched_worker():
+        exit_worker(status)
+    return status
+
+
 def run_command(module, argv: list[str] | None = None) -> int:
     """:func:`run` as a command (``python scripts/<job>.py``, ``accelerate launch``): user errors as one line."""
-    return report_user_errors(lambda: run(module, argv), f"rlhf-pairs {job_name(module)}")
+    return finish_command(report_user_errors(lambda: run(module, argv), f"rlhf-pairs {job_name(module)}"))

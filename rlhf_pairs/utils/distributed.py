@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from datetime import timedelta
+from typing import NoReturn
 
 TIMEOUT_ENV = "RLHF_PAIRS_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 3 * 60 * 60
@@ -62,6 +64,48 @@ def process_state(timeout: timedelta | None = None):
         if hasattr(distributed_c10d, "_set_pg_timeout"):  # private, but the only way to change an existing group's
             distributed_c10d._set_pg_timeout(timeout)
     return state
+
+
+def close_process_group() -> None:
+    """Destroy this process's default process group, if its job left one (the trainers' jobs end theirs, ``rank``
+    and ``eval`` do not), as torch asks of a program that is done with it. Called only after the job returned: a
+    rank that raised leaves its group alone rather than risk blocking the others in a shutdown they are not at."""
+    torch = sys.modules.get("torch")  # a job that never imported torch has no group
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    torch.distributed.destroy_process_group()
+
+
+def launched_worker() -> bool:
+    """Whether this process is one of a distributed launch's workers (``accelerate launch``/``torchrun``, which set
+    ``LOCAL_RANK`` and ``WORLD_SIZE``), not a process of its own."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def exit_worker(status: int) -> NoReturn:
+    """End a launched worker with ``status`` the way ``sys.exit`` would (non-daemon threads joined, ``atexit``
+    handlers run, the standard streams flushed), then skip the interpreter's teardown with ``os._exit``.
+
+    Why: after the last collective, gloo's worker thread (torch 2.13) still drops that work, and the tensors it held
+    need the GIL to be freed; when the main thread is already finalizing the interpreter, that thread is made to exit
+    inside a destructor and the process aborts (SIGABRT, "terminate called without an active exception"). The
+    launcher then fails a run whose job had finished and written everything: about 1 in 20 two-process CPU runs of
+    ``grpo`` under ZeRO-3 here, and an ``online-dpo`` run in CI (core dumps: ``~AsyncBarrierWork`` ->
+    ``~AsyncAllgatherWork`` -> ``take_gil`` -> ``pthread_exit``). Destroying the process group first does not help;
+    an atexit fix proposed upstream (pytorch/pytorch#179291) was abandoned. Without the teardown there is nothing to race."""
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)  # what Py_Finalize runs first: join the non-daemon threads
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to write to
+            pass
+    os._exit(status)
 
 
 @contextlib.contextmanager
