@@ -59,7 +59,7 @@ from rlhf_pairs.rank_dataset import changed_keys, rank_dataset
 from rlhf_pairs.ranking import METHODS, RankingResult, SupportsCompare, rank_candidates
 from rlhf_pairs.utils.distributed import get_logger
 from rlhf_pairs.utils.faults import scope, stop_on_signals
-from rlhf_pairs.utils.hashing import derived_seed, sha256_json
+from rlhf_pairs.utils.hashing import comparable, derived_seed, local_model_sha256, sha256_json
 from rlhf_pairs.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from rlhf_pairs.utils.locking import main_process_lock
 
@@ -177,15 +177,14 @@ CHUNK_TAG = "candidates"
 
 def generation_fingerprint(config: BestOfNConfig, model_args: ModelConfig, prompts: list) -> dict:
     """What the generated candidates depend on: the policy (``ModelConfig``'s loading fields, a local path made
-    absolute), :data:`GENERATION_FIELDS` and a digest of the prompts; as JSON reads it back."""
+    absolute and its files' digest), :data:`GENERATION_FIELDS` and a digest of the prompts; as JSON reads it back."""
     policy: dict[str, Any] = {key: getattr(model_args, key, None) for key in POLICY_FIELDS}
+    record: dict[str, Any] = {"policy": policy}
     if Path(policy["model_name_or_path"]).exists():
         policy["model_name_or_path"] = str(Path(policy["model_name_or_path"]).resolve())
-    record = {
-        "policy": policy,
-        **{key: getattr(config, key) for key in GENERATION_FIELDS},
-        "prompts_sha256": sha256_json(prompts),
-    }
+        record["model_sha256"] = local_model_sha256(policy["model_name_or_path"])  # retrained in place: other work
+    record |= {key: getattr(config, key) for key in GENERATION_FIELDS}
+    record["prompts_sha256"] = sha256_json(prompts)
     return json.loads(json.dumps(record, default=str))
 
 
@@ -249,6 +248,8 @@ def _run_locked(
     current = generation_fingerprint(cfg, model_args, prompts)
     found = [*sorted(work.glob(f"{CHUNK_TAG}-*.jsonl")), *[p for p in [work / "candidates.jsonl"] if p.exists()]]
     recorded = json.loads(marker.read_text()) if marker.exists() else None
+    if recorded is not None:  # one recorded before the policy's content digest is compared without it
+        current = comparable(recorded, current)
     if found and recorded != current:  # every process decides the same from the same files
         if not cfg.overwrite:
             what = changed_keys(recorded, current) if recorded is not None else "no fingerprint.json"

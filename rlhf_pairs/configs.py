@@ -26,6 +26,7 @@ from rlhf_pairs.judges.loading import JUDGE_TYPES, is_import_path, resolve_judge
 from rlhf_pairs.judges.templates import TEMPLATE_NAMES
 from rlhf_pairs.pairs import PAIR_STRATEGIES
 from rlhf_pairs.ranking import METHODS
+from rlhf_pairs.utils.hashing import file_sha256, local_model_sha256
 
 if TYPE_CHECKING:  # parsed at --help: no torch here
     import torch
@@ -144,7 +145,9 @@ class JudgeArguments:
 
     def result_fields(self) -> dict:
         """The fields that change what the judge says (for fingerprints of finished work). A local judge path is
-        made absolute, so ``judge/``, ``./judge`` and its absolute path are one judge. For ``judge_type: remote``
+        made absolute, so ``judge/``, ``./judge`` and its absolute path are one judge, and its files' digest is
+        recorded (``judge_sha256``, :func:`~rlhf_pairs.utils.hashing.local_model_sha256`), so is a template file's
+        (``judge_template_sha256``): a judge retrained into the same folder is another judge. For ``judge_type: remote``
         the URL says nothing about the judge behind it: the server's own description (``/info``: judge, type,
         class, dtype, temperature, max length, format) is recorded, so a server restarted with another judge at the
         same URL does not resume finished work (fetched once per process, waiting for a server that is starting)."""
@@ -152,13 +155,18 @@ class JudgeArguments:
         fields = {key: getattr(self, key) for key in keys}
         if Path(self.judge).exists():
             fields["judge"] = str(Path(self.judge).resolve())
+            fields["judge_sha256"] = local_model_sha256(self.judge)  # retrained or replaced in place: other work
         if self.judge_type == "pairrm" and self.judge_pairrm_format != "card":  # absent by default: old runs match
             fields["judge_pairrm_format"] = self.judge_pairrm_format
         if self.judge_type == "remote":
             fields["served"] = self.served_judge()
         if self.judge_type in GENERATIVE_JUDGE_TYPES:  # absent for the other types: their finished runs still resume
             template = self.template_name()
-            fields["judge_template"] = str(Path(template).resolve()) if Path(template).is_file() else template
+            if Path(template).is_file():  # a user's template file: its path and what it says now
+                fields["judge_template"] = str(Path(template).resolve())
+                fields["judge_template_sha256"] = file_sha256(template)
+            else:
+                fields["judge_template"] = template
             if self.judge_labels is not None:
                 fields["judge_labels"] = self.label_pair()
         if self.judge_type == "openai":  # the served model, never the key

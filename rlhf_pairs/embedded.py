@@ -30,7 +30,10 @@ class EmbeddedModelUnavailable(OSError, RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("RLHF_PAIRS_CACHE", Path.home() / ".cache" / "rlhf_pairs"))
+    """This package's cache (:func:`rlhf_pairs.utils.hashing.cache_dir`), where the converted checkpoint lives."""
+    from rlhf_pairs.utils.hashing import cache_dir
+
+    return cache_dir()
 
 
 def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:

@@ -42,7 +42,7 @@ from rlhf_pairs.pairs import preference_columns, ranking_rewards
 from rlhf_pairs.ranking import check_probabilities, rank_candidates_with_stats
 from rlhf_pairs.utils.distributed import get_logger, summed_judge_usage
 from rlhf_pairs.utils.faults import kill_point, stop_on_signals
-from rlhf_pairs.utils.hashing import sha256_json
+from rlhf_pairs.utils.hashing import comparable, sha256_json
 from rlhf_pairs.utils.io import atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic
 from rlhf_pairs.utils.locking import main_process_lock
 from rlhf_pairs.utils.verbosity import show_progress_bars
@@ -76,6 +76,16 @@ def changed_keys(recorded: dict, current: dict, prefix: str = "") -> str:
         else:
             changes.append(f"{prefix}{k} ({old!r} -> {new!r})")
     return ", ".join(changes)
+
+
+def changed_judge_files(recorded: dict, current: dict) -> str:
+    """Which of the judge's local files the fingerprints' content digests say changed (``the judge's files in
+    <path>``, ``the judge template <path>``), ``; ``-joined; empty when none did."""
+    what = {
+        "judge_sha256": f"the judge's files in {current.get('judge')}",
+        "judge_template_sha256": f"the judge template {current.get('judge_template')}",
+    }
+    return "; ".join(text for key, text in what.items() if key in recorded and recorded[key] != current.get(key))
 
 
 def check_rank_rows(rows: list[dict], where, system_message: str = "merge") -> tuple[list, Counter]:
@@ -245,17 +255,25 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
     recorded = (
         json.loads(marker.read_text()) if marker.exists() else ({"unknown": "no fingerprint.json"} if found else None)
     )
-    if recorded is not None and recorded != current:  # every process decides the same from the same files
+    if recorded is not None and recorded != comparable(recorded, current):  # every process decides the same
         if not config.overwrite:
+            changed_inputs = changed_judge_files(recorded, current)
+            made_with, reuse = (
+                (f"another judge: {changed_inputs} changed since", "restore them")
+                if changed_inputs
+                else ("other arguments", "re-run with the original arguments")
+            )
             raise ValueError(
-                f"{shard_dir} holds {len(found)} finished shard(s) made with other arguments (changed: "
-                f"{changed_keys(recorded, current)}); re-run with the original arguments to reuse them, pass "
-                "--overwrite true to discard them, or choose another output"
+                f"{shard_dir} holds {len(found)} finished shard(s) made with {made_with} (changed: "
+                f"{changed_keys(recorded, comparable(recorded, current))}); {reuse} to reuse them, pass --overwrite "
+                "true to discard them, or choose another output"
             )
         if state.is_main_process:
             for path in [*found, marker, Path(config.output)]:  # the output joined from them is stale too
                 path.unlink(missing_ok=True)
     elif state.is_main_process:
+        if recorded is not None and recorded != current:  # recorded before its content digests: record them now
+            write_json_atomic(marker, current)
         for k, path in enumerate(shards):
             if path.exists() and not _shard_is_current(path, rows[starts[k] : starts[k] + config.shard_size]):
                 logger.warning(

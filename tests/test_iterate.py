@@ -654,6 +654,27 @@ def test_prompts_edited_after_a_finished_stage_are_refused_naming_the_input(inpu
         main(argv)
 
 
+def test_a_judge_retrained_into_its_folder_is_refused_naming_the_judge(inputs, tmp_path, monkeypatch):
+    """The judge's files, not only its path, are part of the rank stage's fingerprint: a judge saved again into the
+    same folder (retrained, replaced) makes finished rankings another judge's, refused naming the folder; --redo
+    ranks again from that stage on."""
+    judge = build_tiny_pair_lm(tmp_path / "judge", seed=3)
+    argv = args({**inputs, "judge": judge}, tmp_path / "run", "--rounds", "1", "--num_eval_prompts", "0")
+    monkeypatch.setenv("RLHF_PAIRS_FAIL_AT", "round_1/rank:committed")
+    with pytest.raises(RuntimeError):
+        main(argv)  # stops right after the rank stage is committed
+    monkeypatch.delenv("RLHF_PAIRS_FAIL_AT")
+    build_tiny_pair_lm(judge, seed=4)
+    with pytest.raises(
+        StageConfigChanged,
+        match=rf"round_1/rank was made from other data: the judge's files in {judge.resolve()} changed since it ran "
+        r"\(changed: judge_sha256 ",
+    ):
+        main(argv)
+    main([*argv, "--redo", "true"])
+    assert (tmp_path / "run" / "round_1" / "train" / "DONE").exists()
+
+
 def test_iterate_options_of_the_previous_release_still_parse_with_a_warning(tmp_path):
     argv = ["--dataset", "p.jsonl", "--dataset_split", "train", "--eval_dataset", "e.jsonl", "--eval_split", "dev"]
     argv += ["--rank_method", "round_robin", "--judge", "j", "--model_name_or_path", "m", "--output_dir", str(tmp_path)]

@@ -125,6 +125,33 @@ def test_changed_arguments_over_finished_shards_are_refused(candidates_file, tin
     assert not out.exists()
 
 
+def test_a_judge_saved_again_into_its_folder_is_refused_over_finished_shards(candidates_file, tmp_path):
+    """Shards ranked by a judge folder whose files changed since (retrained into the same path) are another judge's:
+    refused naming the folder, not joined with the new judge's. A marker written before the judge's digest was
+    recorded still resumes, and records it from then on."""
+    from rlhf_pairs.testing_utils import build_tiny_pair_lm
+
+    data, _ = candidates_file
+    judge, out = build_tiny_pair_lm(tmp_path / "judge", seed=5), tmp_path / "ranked.jsonl"
+    cli(rank_args(data, out, judge, "--max_shards", "1"))
+    marker = Path(str(out) + ".shards") / "fingerprint.json"
+    recorded = json.loads(marker.read_text())
+    legacy = {k: v for k, v in recorded.items() if k != "judge_sha256"}
+    marker.write_text(json.dumps(legacy))  # as the previous release wrote it
+    cli(rank_args(data, out, judge, "--max_shards", "1"))  # resumes: one more shard
+    assert len(list(marker.parent.glob("shard-*.jsonl"))) == 2
+    assert json.loads(marker.read_text()) == recorded
+    build_tiny_pair_lm(judge, seed=6)
+    with pytest.raises(
+        ValueError,
+        match=rf"2 finished shard\(s\) made with another judge: the judge's files in {judge.resolve()} changed since "
+        r"\(changed: judge_sha256 .*\); restore them to reuse them, pass --overwrite true",
+    ):
+        cli(rank_args(data, out, judge))
+    cli(rank_args(data, out, judge, "--overwrite", "true"))
+    assert len(read_jsonl(out)) == 9
+
+
 def test_a_failed_start_does_not_block_the_fixed_rerun(candidates_file, tiny_pair_lm_path, tmp_path, monkeypatch):
     """A typo in the judge path (or a bad row) fails before any shard: the corrected command just runs, and the
     same judge named by another path (relative, trailing slash) is the same judge."""

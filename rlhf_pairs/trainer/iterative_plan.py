@@ -17,7 +17,7 @@ from rlhf_pairs.configs import IterateConfig, JudgeArguments
 from rlhf_pairs.data_utils import describe_prompt_notes, load_prompt_rows
 from rlhf_pairs.trainer.stages import Stage
 from rlhf_pairs.utils.distributed import get_logger
-from rlhf_pairs.utils.hashing import sha256_json
+from rlhf_pairs.utils.hashing import local_model_sha256, sha256_json
 
 logger = get_logger(__name__)  # main process only (iterate sets up the process state first)
 
@@ -171,36 +171,52 @@ def plan_stages(
     judge = judge_args.result_fields()
     if cfg.system_message != "merge":  # recorded only when not the default, so finished runs still resume
         judge["system_message"] = cfg.system_message
+    # Content digests of the local models and template the stages read (not chained, see fingerprint_digest): a
+    # judge or initial policy retrained into the same folder is refused by the first stage that reads it.
+    judge_inputs = {
+        "judge_sha256": f"the judge's files in {judge['judge']}",
+        "judge_template_sha256": f"the judge template {judge.get('judge_template')}",
+    }
+    initial_files, initial_inputs = {}, {}
+    if Path(model_args.model_name_or_path).exists():
+        initial_files = {"model_sha256": local_model_sha256(model_args.model_name_or_path)}
+        initial_inputs = {
+            "model_sha256": f"the initial policy's files in {Path(model_args.model_name_or_path).resolve()}"
+        }
     stages, previous_train = [], None
     for k in range(1, cfg.rounds + 1):
         policy = model if k == 1 else {"round": k - 1, "train": previous_train.digest}
+        reads_initial = initial_files if k == 1 else {}
         generate = Stage(root, k, "generate", {
-            "policy": policy,
+            "policy": policy, **reads_initial,
             "prompts_sha256": sha256_json(round_prompts[k - 1]),
             "seed": seed,
             **{f: getattr(cfg, f) for f in (
                 "num_candidates", "generation_temperature", "generation_top_p", "max_new_tokens",
                 "generation_batch_size", "generation_backend", "shard_size",
             )},
-        }, inputs={"prompts_sha256": f"the prompts of round {k} read from {_prompt_source(cfg, k)}"})  # fmt: skip
+        }, inputs={"prompts_sha256": f"the prompts of round {k} read from {_prompt_source(cfg, k)}",
+                   **initial_inputs})  # fmt: skip
         rank = Stage(root, k, "rank", {
             "generate": generate.digest, **judge, "method": cfg.ranking_method,
             **({"prob_matrix": True} if cfg.mode == "sppo" else {}),  # only then, so finished runs still resume
-        })  # fmt: skip
+        }, inputs=judge_inputs)  # fmt: skip
         pairs = Stage(root, k, "pairs", {
             "rank": rank.digest, "mode": cfg.mode, "pair_strategy": cfg.pair_strategy,
             "min_margin": cfg.min_margin, "seed": seed,
         })  # fmt: skip
+        reads_initial = initial_files if k == 1 or cfg.reference == "initial" else {}  # the policy or reference
         train = Stage(root, k, "train", {
             "pairs": pairs.digest, "policy": policy, "reference": cfg.reference, "initial": model,
-            "training": training, "peft": peft,
-        })  # fmt: skip
+            "training": training, "peft": peft, **reads_initial,
+        }, inputs=initial_inputs)  # fmt: skip
         stages += [generate, rank, pairs, train]
         if eval_prompts:
             stages.append(Stage(root, k, "eval", {
                 "train": train.digest, "previous": policy, "prompts_sha256": sha256_json(eval_prompts),
                 "max_new_tokens": cfg.eval_max_new_tokens or cfg.max_new_tokens,
-                "temperature": cfg.eval_temperature, "seed": seed, **judge,
-            }, inputs={"prompts_sha256": f"the held-out prompts read from {_prompt_source(cfg, None)}"}))  # fmt: skip
+                "temperature": cfg.eval_temperature, "seed": seed, **judge, **(initial_files if k == 1 else {}),
+            }, inputs={"prompts_sha256": f"the held-out prompts read from {_prompt_source(cfg, None)}",
+                       **judge_inputs, **initial_inputs}))  # fmt: skip
         previous_train = train
     return stages

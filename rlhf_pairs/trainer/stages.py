@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from rlhf_pairs.utils.faults import kill_point
-from rlhf_pairs.utils.hashing import sha256_json
+from rlhf_pairs.utils.hashing import CONTENT_KEYS, comparable, sha256_json
 
 DONE = "DONE"
 RECORD = "stage.json"
@@ -29,8 +29,11 @@ class StageConfigChanged(ValueError):
 
 
 def fingerprint_digest(fingerprint: dict) -> str:
-    """A short, stable digest of a fingerprint (to chain a stage's fingerprint into the next one's)."""
-    return sha256_json(fingerprint)[:16]
+    """A short, stable digest of a fingerprint (to chain a stage's fingerprint into the next one's). The content
+    digests of local models and templates (:data:`~rlhf_pairs.utils.hashing.CONTENT_KEYS`) are not chained: each
+    stage that reads one checks it, the first such stage refuses a change, and ``--redo`` recomputes it and every
+    later stage; runs recorded before those digests existed keep their chain."""
+    return sha256_json({k: v for k, v in fingerprint.items() if k not in CONTENT_KEYS})[:16]
 
 
 class Stage:
@@ -70,10 +73,12 @@ class Stage:
         from rlhf_pairs.rank_dataset import changed_keys
 
         recorded = self.record()["fingerprint"]
-        current = json.loads(json.dumps(self.fingerprint, default=str))
+        current = json.loads(json.dumps(comparable(recorded, self.fingerprint), default=str))
         if recorded == current:
             return True
-        changed_inputs = [what for key, what in self.inputs.items() if recorded.get(key) != current.get(key)]
+        changed_inputs = [
+            what for key, what in self.inputs.items() if key in current and recorded.get(key) != current.get(key)
+        ]
         if changed_inputs:
             raise StageConfigChanged(
                 f"{self.label} was made from other data: {'; '.join(changed_inputs)} changed since it ran (changed: "
@@ -85,13 +90,13 @@ class Stage:
             "re-run with the original settings to resume, or pass --redo to recompute it and every later stage"
         )
 
+    def _matches(self, recorded: dict) -> bool:
+        return recorded == json.loads(json.dumps(comparable(recorded, self.fingerprint), default=str))
+
     def begin_partial(self) -> Path:
         """The stage's partial directory, emptied first if it holds work made with another fingerprint."""
         marker = self.partial / "fingerprint.json"
-        if self.partial.exists() and (
-            not marker.exists()
-            or json.loads(marker.read_text()) != json.loads(json.dumps(self.fingerprint, default=str))
-        ):
+        if self.partial.exists() and (not marker.exists() or not self._matches(json.loads(marker.read_text()))):
             shutil.rmtree(self.partial)
         self.partial.mkdir(parents=True, exist_ok=True)
         if not marker.exists():

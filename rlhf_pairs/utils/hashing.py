@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import time
 from pathlib import Path
+
+# Content digests of local inputs that fingerprints gained after runs had been recorded without them: a record that
+# lacks one is compared without it (:func:`comparable`), so those runs still resume.
+CONTENT_KEYS = ("judge_sha256", "judge_template_sha256", "model_sha256")
+MEMO_MIN_AGE_S = 2.0  # a file modified more recently is hashed but its digest not memoized
 
 
 def sha256_json(obj) -> str:
@@ -45,3 +53,62 @@ def local_content_sha256(path: str | Path) -> str:
         return file_sha256(path)
     files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(path)))
     return sha256_json([[p.relative_to(path).as_posix(), file_sha256(p)] for p in files])
+
+
+def cache_dir() -> Path:
+    """This package's cache: ``$RLHF_PAIRS_CACHE``, else ``~/.cache/rlhf_pairs``."""
+    return Path(os.environ.get("RLHF_PAIRS_CACHE", Path.home() / ".cache" / "rlhf_pairs"))
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def memoized_file_sha256(path: str | Path) -> str:
+    """:func:`file_sha256` of a big file read at every start (a judge's or policy's weights), memoized in
+    ``<cache>/file-sha256/`` under its absolute path while its size, modification and change times, inode and device
+    stay those recorded: an unchanged 16 GB judge is read once per machine, and again after it is rewritten. A file
+    modified within the last :data:`MEMO_MIN_AGE_S` seconds is hashed but not memoized, so a same-size rewrite
+    within the file system's timestamp granularity cannot keep the memo's stat; an unwritable cache only costs the
+    memo."""
+    path = Path(path).resolve()
+    entry = cache_dir() / "file-sha256" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
+    key = _stat_key(path)
+    try:
+        memo = json.loads(entry.read_text(encoding="utf-8"))
+        if memo.get("path") == str(path) and memo.get("stat") == key:
+            return memo["sha256"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    if key[0] > 1 << 30:  # minutes for a big judge on a slow disk: say why the start waits
+        logging.getLogger(__name__).info("fingerprinting %s (%.1f GB; once, until it changes)", path, key[0] / 1e9)
+    digest = file_sha256(path)
+    if time.time() - key[1] / 1e9 > MEMO_MIN_AGE_S and _stat_key(path) == key:  # unchanged while it was read
+        from rlhf_pairs.utils.io import write_json_atomic
+
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(entry, {"path": str(path), "stat": key, "sha256": digest})
+        except OSError:
+            pass
+    return digest
+
+
+def local_model_sha256(path: str | Path) -> str:
+    """A SHA-256 of a local model: for a directory, the name and bytes of each non-hidden file at its top (what
+    ``from_pretrained`` reads: weights, config, tokenizer, adapter; not ``checkpoint-*`` folders or a ``.cache``), for
+    a file its bytes. Weights are hashed once per machine and again only after they change
+    (:func:`memoized_file_sha256`). Recorded in fingerprints, so work done with a model that was retrained or
+    replaced in place is not reused."""
+    path = Path(path)
+    if path.is_file():
+        return memoized_file_sha256(path)
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    return sha256_json([[p.name, memoized_file_sha256(p)] for p in files])
+
+
+def comparable(recorded: dict, current: dict) -> dict:
+    """``current`` without the content digests (:data:`CONTENT_KEYS`) that ``recorded`` predates, to compare the
+    two: work recorded before a digest was part of the fingerprint resumes; once recorded, a digest must match."""
+    return {k: v for k, v in current.items() if k not in CONTENT_KEYS or k in recorded}
