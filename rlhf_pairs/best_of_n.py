@@ -248,18 +248,30 @@ def _run_locked(
     current = generation_fingerprint(cfg, model_args, prompts)
     found = [*sorted(work.glob(f"{CHUNK_TAG}-*.jsonl")), *[p for p in [work / "candidates.jsonl"] if p.exists()]]
     recorded = json.loads(marker.read_text()) if marker.exists() else None
-    if recorded is not None:  # one recorded before the policy's content digest is compared without it
-        current = comparable(recorded, current)
-    if found and recorded != current:  # every process decides the same from the same files
+    # A content digest only one side holds (a marker written before it) is left out of the comparison.
+    old, now = comparable(recorded, current) if recorded is not None else (None, current)
+    if found and old != now:  # every process decides the same from the same files
         if not cfg.overwrite:
-            what = changed_keys(recorded, current) if recorded is not None else "no fingerprint.json"
+            what = changed_keys(old, now) if old is not None else "no fingerprint.json"
+            retrained = (  # the same policy path, other files
+                old is not None
+                and old.get("model_sha256") not in (None, now.get("model_sha256"))
+                and old.get("policy") == now["policy"]
+            )
+            made_with, reuse = (
+                (f"another policy: the policy's files in {now['policy']['model_name_or_path']} changed since",
+                 "restore them")
+                if retrained
+                else ("other arguments", "re-run with the original arguments")
+            )  # fmt: skip
             raise ValueError(
-                f"{work} holds {len(found)} generated file(s) made with other arguments (changed: {what}); re-run "
-                "with the original arguments to reuse them, pass --overwrite true to discard them, or choose another "
-                "output"
+                f"{work} holds {len(found)} generated file(s) made with {made_with} (changed: {what}); {reuse} to "
+                "reuse them, pass --overwrite true to discard them, or choose another output"
             )
     state.wait_for_everyone()  # all have read the marker before the main process changes it
-    if state.is_main_process and recorded != current:
+    if state.is_main_process and found and old == now and set(current) - set(recorded or {}):  # gains digests
+        write_json_atomic(marker, current)
+    elif state.is_main_process and old != now:
         for path in found:
             path.unlink()
         if found:  # the output of the discarded work is stale too

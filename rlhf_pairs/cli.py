@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 from rlhf_pairs import __version__
 
 # JOBS (the job table) lives with the scripts, below this module, and stays importable from here.
-from rlhf_pairs.scripts import JOBS, accelerate_config_path, finish_command, report_user_errors, run
+from rlhf_pairs.scripts import JOBS, accelerate_config_path, exit_process, report_user_errors, run
 
 
 def usage() -> str:
@@ -113,8 +114,14 @@ def console_main(argv: list[str] | None = None) -> int:
         nonlocal status
         status = main(argv)
 
-    return finish_command(report_user_errors(command, prog) or status)
+    return report_user_errors(command, prog) or status
+
+
+def console_script() -> NoReturn:
+    """The ``rlhf-pairs`` executable: :func:`console_main` as this process's command
+    (:func:`~rlhf_pairs.scripts.exit_process`: a launched worker exits without the interpreter's teardown)."""
+    exit_process(console_main)
 
 
 if __name__ == "__main__":
-    sys.exit(console_main())
+    console_script()

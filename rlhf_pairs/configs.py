@@ -26,7 +26,7 @@ from rlhf_pairs.judges.loading import JUDGE_TYPES, is_import_path, resolve_judge
 from rlhf_pairs.judges.templates import TEMPLATE_NAMES
 from rlhf_pairs.pairs import PAIR_STRATEGIES
 from rlhf_pairs.ranking import METHODS
-from rlhf_pairs.utils.hashing import file_sha256, local_model_sha256
+from rlhf_pairs.utils.hashing import CONTENT_KEYS, file_sha256, local_model_sha256
 
 if TYPE_CHECKING:  # parsed at --help: no torch here
     import torch
@@ -158,8 +158,10 @@ class JudgeArguments:
             fields["judge_sha256"] = local_model_sha256(self.judge)  # retrained or replaced in place: other work
         if self.judge_type == "pairrm" and self.judge_pairrm_format != "card":  # absent by default: old runs match
             fields["judge_pairrm_format"] = self.judge_pairrm_format
-        if self.judge_type == "remote":
-            fields["served"] = self.served_judge()
+        if self.judge_type == "remote":  # the server's file digests beside a local judge's, compared the same way
+            served = dict(self.served_judge())
+            fields.update({key: served.pop(key) for key in CONTENT_KEYS if key in served})
+            fields["served"] = served
         if self.judge_type in GENERATIVE_JUDGE_TYPES:  # absent for the other types: their finished runs still resume
             template = self.template_name()
             if Path(template).is_file():  # a user's template file: its path and what it says now

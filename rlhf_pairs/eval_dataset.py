@@ -98,6 +98,7 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
     mine = [k for k in range(len(starts)) if k % state.num_processes == state.process_index]
     # A process without shards (more processes than shards) only joins the gather. On CPU the judge lands on "cpu",
     # not the process group's "cpu:0" (tokenization.model_device).
+    judge_fields = judge_args.result_fields()  # before judging: a judge file that cannot be read fails the start
     judge = judge_args.load(state.device) if mine else None
 
     # ------------------------------------------------------------------ evaluation
@@ -116,7 +117,7 @@ def _evaluate(config: EvalConfig, judge_args: JudgeArguments, state, rows: list[
     if [r["index"] for r in records] != list(range(len(rows))):
         raise RuntimeError(f"gathered {len(records)} records for {len(rows)} rows")
     metadata = {
-        **judge_args.result_fields(),
+        **judge_fields,
         **{k: getattr(config, k) for k in ("dataset_name", "dataset_config", "dataset_test_split", "max_examples")},
         "dataset_sha256": sha256_json(rows),  # what was read: a re-run on edited data is told apart
         "ties": config.ties,

@@ -255,7 +255,8 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
     recorded = (
         json.loads(marker.read_text()) if marker.exists() else ({"unknown": "no fingerprint.json"} if found else None)
     )
-    if recorded is not None and recorded != comparable(recorded, current):  # every process decides the same
+    old, now = comparable(recorded, current) if recorded is not None else (None, current)
+    if recorded is not None and old != now:  # every process decides the same from the same files
         if not config.overwrite:
             changed_inputs = changed_judge_files(recorded, current)
             made_with, reuse = (
@@ -265,14 +266,14 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
             )
             raise ValueError(
                 f"{shard_dir} holds {len(found)} finished shard(s) made with {made_with} (changed: "
-                f"{changed_keys(recorded, comparable(recorded, current))}); {reuse} to reuse them, pass --overwrite "
+                f"{changed_keys(old, now)}); {reuse} to reuse them, pass --overwrite "
                 "true to discard them, or choose another output"
             )
         if state.is_main_process:
             for path in [*found, marker, Path(config.output)]:  # the output joined from them is stale too
                 path.unlink(missing_ok=True)
     elif state.is_main_process:
-        if recorded is not None and recorded != current:  # recorded before its content digests: record them now
+        if recorded is not None and set(current) - set(recorded):  # recorded before its content digests: add them
             write_json_atomic(marker, current)
         for k, path in enumerate(shards):
             if path.exists() and not _shard_is_current(path, rows[starts[k] : starts[k] + config.shard_size]):

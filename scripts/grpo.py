@@ -1,7 +1,7 @@
 """Launch target for ``accelerate launch scripts/grpo.py [--config RECIPE] [args]`` (== ``rlhf-pairs``'s job of the
 same script): the job lives in :mod:`rlhf_pairs.scripts.grpo`."""
 
-from rlhf_pairs.scripts import grpo, run_command
+from rlhf_pairs.scripts import command_main, grpo
 
 if __name__ == "__main__":
-    raise SystemExit(run_command(grpo))
+    command_main(grpo)

@@ -49,16 +49,17 @@ def test_the_wheel_holds_the_package_its_recipes_and_nothing_else(installed_whee
     assert not [name for name in names if name.split("/")[0] in ("tests", "scripts", "bench", "recipes")]
 
 
-def test_the_console_script_is_console_main_and_runs(installed_wheel, tmp_path):
-    """``rlhf-pairs`` is ``rlhf_pairs.cli:console_main`` (user errors as one line), not a stale ``cli:main``: the
-    wheel's entry point, loaded and run from the installed copy as the generated script does."""
+def test_the_console_script_is_console_script_and_runs(installed_wheel, tmp_path):
+    """``rlhf-pairs`` is ``rlhf_pairs.cli:console_script`` (``console_main``'s user errors as one line, and a launched
+    worker's exit without the interpreter's teardown), not a stale ``cli:main``: the wheel's entry point, loaded and
+    run from the installed copy as the generated script does."""
     import configparser
 
     wheel, target = installed_wheel
     (name,) = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/entry_points.txt")]
     entry_points = configparser.ConfigParser()
     entry_points.read_string(zipfile.ZipFile(wheel).read(name).decode())
-    assert dict(entry_points["console_scripts"]) == {"rlhf-pairs": "rlhf_pairs.cli:console_main"}
+    assert dict(entry_points["console_scripts"]) == {"rlhf-pairs": "rlhf_pairs.cli:console_script"}
     code = (
         "import sys\nfrom importlib.metadata import EntryPoint\n"
         "main = EntryPoint('rlhf-pairs', sys.argv[2], 'console_scripts').load()\n"

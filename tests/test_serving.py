@@ -26,6 +26,7 @@ from rlhf_pairs.judges.base import check_pair_inputs
 from rlhf_pairs.judges.remote import API_KEY_ENV
 from rlhf_pairs.ranking import rank_candidates_with_stats
 from rlhf_pairs.serving import JudgeServer
+from rlhf_pairs.utils.hashing import local_model_sha256
 from rlhf_pairs.utils.io import read_jsonl
 
 PROMPTS = [
@@ -140,9 +141,12 @@ def test_results_over_the_wire_equal_local_results_exactly(pair_server, tiny_pai
     )
     assert load_judge("remote", pair_server.url, dtype="float").info["dtype"] == "float32"  # aliases are normalised
     # Fingerprints of finished work record what the server serves, not only its URL.
-    served = JudgeArguments(judge=pair_server.url, judge_type="remote").result_fields()["served"]
+    fields = JudgeArguments(judge=pair_server.url, judge_type="remote").result_fields()
+    served = fields["served"]
     assert served["judge"] == str(tiny_pair_lm_path) and served["class"].endswith("PairPreferenceJudge")
     assert served["dtype"] == "float32" and served["temperature"] == 1.0 and served["pointwise"] is False
+    # ... and the digest of its files, beside a local judge's: a judge retrained behind the URL is another judge.
+    assert info["judge_sha256"] == fields["judge_sha256"] == local_model_sha256(tiny_pair_lm_path)
     with pytest.raises(
         ValueError, match=r"temperature=2.0 \(the server's: 1.0\), max_length=512 \(the server's: 1024\)"
     ):

@@ -97,11 +97,12 @@ from rlhf_pairs.judges.base import PairwiseJudge
 
 class GatedJudge(PairwiseJudge):
     """Prefers the longer response. ``judge`` is a directory: at the start of its second shard a process writes its
-    pid to ``waiting-<rank>`` and waits until ``open`` exists there."""
+    pid to ``ctl/waiting-<rank>`` and waits until ``ctl/open`` exists (in a subfolder: the files at the top of a
+    judge's folder are its identity, and a change there would make finished shards another judge's)."""
 
     def __init__(self, gate):
         super().__init__()
-        self.gate, self.shards = Path(gate), 0
+        self.gate, self.shards = Path(gate) / "ctl", 0
 
     @classmethod
     def from_pretrained(cls, name_or_path, **options):
@@ -182,16 +183,16 @@ def test_ctrl_c_stops_every_process_of_a_launch_and_the_same_command_resumes(gat
 
     folder, data = gated
     reference = tmp_path / "reference" / "ranked.jsonl"
-    (tmp_path / "open").mkdir()
-    (tmp_path / "open" / "open").touch()
+    (tmp_path / "open" / "ctl").mkdir(parents=True)
+    (tmp_path / "open" / "ctl" / "open").touch()
     monkeypatch.syspath_prepend(str(folder))
     cli(["rank", *rank_argv(data, reference, tmp_path / "open")])  # uninterrupted, in this process
 
     gate, out = tmp_path / "gate", tmp_path / "stopped" / "ranked.jsonl"
-    gate.mkdir()
+    (gate / "ctl").mkdir(parents=True)
     argv = rank_argv(data, out, gate)
     launch = start_launch(folder, argv, tmp_path)
-    waiting = [gate / "waiting-0", gate / "waiting-1"]
+    waiting = [gate / "ctl" / "waiting-0", gate / "ctl" / "waiting-1"]
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 120
@@ -218,7 +219,7 @@ def test_ctrl_c_stops_every_process_of_a_launch_and_the_same_command_resumes(gat
     assert [p.name for p in shards] == ["shard-00000.jsonl", "shard-00001.jsonl"] and not out.exists()
     written = {p: p.stat().st_mtime_ns for p in shards}
 
-    (gate / "open").touch()
+    (gate / "ctl" / "open").touch()
     resumed = start_launch(folder, argv, tmp_path)
     output = finish(resumed, 120)
     assert resumed.returncode == 0, output[-6000:]
@@ -233,8 +234,8 @@ def test_a_failure_on_one_rank_ends_the_run_on_every_rank_with_its_error(gated, 
     gone, torchrun stops the other worker), not after the process group's 3 h timeout, and names rank 1's error."""
     folder, data = gated
     gate, out = tmp_path / "gate", tmp_path / "failed" / "ranked.jsonl"
-    gate.mkdir()
-    (gate / "open").touch()
+    (gate / "ctl").mkdir(parents=True)
+    (gate / "ctl" / "open").touch()
     launch = start_launch(
         folder, rank_argv(data, out, gate), tmp_path, RLHF_PAIRS_FAIL_AT=":shard#1", RLHF_PAIRS_KILL_RANK="1"
     )

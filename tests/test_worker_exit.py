@@ -1,6 +1,6 @@
-"""How a job's process ends: the process group it made is destroyed after it returns, and a launched worker ends
-without the interpreter's teardown (where gloo's worker thread can abort a finished run, SIGABRT after the last
-step) yet exits as ``sys.exit`` would: its status, ``atexit`` handlers run, buffered output written."""
+"""How a job's process ends: a launched worker ends without the interpreter's teardown (where gloo's worker thread
+can abort a finished run, SIGABRT after the last step) yet exits as ``sys.exit`` would: its status, ``atexit``
+handlers run, buffered output written; a job that fails with a bug exits 1 with its traceback."""
 
 import os
 import socket
@@ -15,35 +15,35 @@ JOB = textwrap.dedent(
     import argparse, atexit, os, sys, types
     from pathlib import Path
     import torch, torch.distributed as dist
-    from rlhf_pairs.scripts import run, run_command
+    from rlhf_pairs.scripts import command_main
     from rlhf_pairs.utils.distributed import process_state
+
+    def make_parser(prog):
+        parser = argparse.ArgumentParser(prog=prog)
+        parser.add_argument("outcome")
+        parser.add_argument("out")
+        return parser
 
     outcome, out = sys.argv[1], Path(sys.argv[2])
     job = types.ModuleType("rlhf_pairs.scripts.job")
     job.RECIPES = "job"
-    job.make_parser = lambda prog: argparse.ArgumentParser(prog=prog)
+    job.make_parser = make_parser
 
     def main(args):
         process_state()
         gathered = [torch.zeros(1) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, torch.tensor([float(dist.get_rank())]))
         dist.barrier()
-        if outcome == "fail":
+        if outcome == "user-error":
             raise ValueError("bad input")
-        print("gathered", [int(t) for t in gathered], end="")  # no newline, no flush: left in the buffer
-        return "done"
+        if outcome == "bug":
+            raise KeyError("a bug")
+        print("gathered", [int(t) for t in gathered])
 
     job.main = main
-    rank = os.environ.get("RANK", "-")
+    rank = os.environ["RANK"]
     atexit.register(lambda: (out / f"atexit-{rank}").write_text("ran"))
-    if sys.argv[3] == "in-process":
-        try:
-            print(run(job, []))
-        except ValueError as err:
-            print(err)
-        print(dist.is_initialized())
-    else:
-        raise SystemExit(run_command(job, []))
+    command_main(job)
     """
 )
 
@@ -54,47 +54,75 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_job_that_returns_destroys_its_process_group(tmp_path):
-    """``run`` (in-process, a one-process gloo group): the group is gone after a job that returned, and kept after
-    one that raised (destroying it could block the other ranks)."""
-    script = tmp_path / "job.py"
-    script.write_text(JOB)
-    env = {
-        **os.environ,
-        "LOCAL_RANK": "0",
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "OMP_NUM_THREADS": "1",
-    }
-    for outcome, expected in (("succeed", ["gathered", "[0]done", "False"]), ("fail", ["bad", "input", "True"])):
-        proc = subprocess.run([sys.executable, str(script), outcome, str(tmp_path), "in-process"],
-                              env={**env, "MASTER_PORT": str(free_port())}, capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert proc.stdout.split() == expected
-
-
-def test_launched_workers_exit_with_their_status_after_atexit_and_flushed_output(tmp_path):
-    """Two workers under torchrun (as ``accelerate launch`` starts them) through ``run_command``: a job that returned
-    exits 0 with its buffered output written and every ``atexit`` handler run; a user error exits 1 with its one
-    line, and the launch fails."""
+def test_launched_workers_exit_with_their_status_after_their_atexit_handlers(tmp_path):
+    """Two workers under torchrun (as ``accelerate launch`` starts them, ``python -u``), each a job script's
+    ``__main__`` with a real gloo group: a job that returned exits 0 with its output and every ``atexit`` handler
+    run; a user error exits 1 with its one line, a bug exits 1 with its traceback (not a signal), and the launch
+    fails."""
     script = tmp_path / "job.py"
     script.write_text(JOB)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RLHF_PAIRS_DEBUG", "PYTHONUNBUFFERED"):  # the suite's environment sets the latter
+    for name in ("RLHF_PAIRS_DEBUG", "PYTHONUNBUFFERED"):  # the sandbox's environment sets the latter
         env.pop(name, None)
-    for outcome in ("succeed", "fail"):
+    for outcome in ("succeed", "user-error", "bug"):
         out = tmp_path / outcome
         out.mkdir()
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(script), outcome, str(out), "launched"]  # fmt: skip
+               str(free_port()), str(script), outcome, str(out)]  # fmt: skip
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-        assert sorted(p.name for p in out.glob("atexit-*")) == ["atexit-0", "atexit-1"]
+        assert sorted(p.name for p in out.glob("atexit-*")) == ["atexit-0", "atexit-1"], proc.stderr[-3000:]
         if outcome == "succeed":
             assert proc.returncode == 0, proc.stderr[-3000:]
-            assert proc.stdout.count("gathered [0, 1]") == 2
-        else:
-            assert proc.returncode != 0
+            assert proc.stdout.count("gathered") == proc.stdout.count("[0, 1]") == 2  # the two may interleave
+            continue
+        assert proc.returncode != 0
+        assert "exitcode  : 1 " in proc.stderr  # the workers' own status, not a signal
+        if outcome == "user-error":
             assert proc.stderr.count("rlhf-pairs job: error: bad input") == 2
-            assert "exitcode  : 1 " in proc.stderr  # the workers' own status, not a signal
+        else:
+            assert proc.stderr.count("KeyError: 'a bug'") == 2 and "Traceback (most recent call last)" in proc.stderr
+
+
+# exit_process in one process that looks launched (LOCAL_RANK, WORLD_SIZE), stdout a pipe without -u: buffered.
+EXIT = textwrap.dedent(
+    """
+    import atexit, os, sys, threading, time
+    from rlhf_pairs.scripts import exit_process
+
+    class Global:
+        def __del__(self, write=os.write):
+            write(2, b"torn down\\n")  # only when the interpreter finalizes this module
+
+    kept = Global()
+    atexit.register(lambda: print("atexit ran", file=sys.stderr))
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread joined", file=sys.stderr))).start()
+    print("buffered", end="")
+
+    def command():
+        if sys.argv[1] == "status":
+            return 3
+        if sys.argv[1] == "exit":
+            sys.exit("stopped: a message")
+        raise KeyError("a bug")
+
+    exit_process(command)
+    """
+)
+
+
+def test_a_launched_process_exits_as_sys_exit_would_without_the_teardown(tmp_path):
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT)
+    env = {**os.environ, "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    env.pop("PYTHONUNBUFFERED", None)
+    for how, status, message in (("status", 3, ""), ("exit", 1, "stopped: a message"), ("bug", 1, "KeyError")):
+        proc = subprocess.run([sys.executable, str(script), how], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == status, proc.stderr
+        assert proc.stdout == "buffered"  # flushed before os._exit
+        assert "thread joined" in proc.stderr and "atexit ran" in proc.stderr and message in proc.stderr
+        assert "torn down" not in proc.stderr  # the interpreter's teardown, where gloo's threads abort, is skipped
+    alone = {k: v for k, v in env.items() if k != "LOCAL_RANK"}  # not launched: a normal exit, teardown included
+    proc = subprocess.run(
+        [sys.executable, str(script), "status"], env=alone, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3 and proc.stdout == "buffered" and "torn down" in proc.stderr

@@ -42,9 +42,9 @@ RETRY_STATUSES = (502, 503, 504)
 IDENTITY_FIELDS = ("judge", "judge_type", "class", "dtype", "temperature", "max_length", "pointwise", "pairrm_format")
 
 
-# Fields only some judges report (an LLM judge's prompt and served model): recorded only when present, so a finished
-# run against another judge type resumes as before.
-OPTIONAL_IDENTITY_FIELDS = ("template", "labels", "served_model")
+# Fields only some judges report (an LLM judge's prompt and served model, a local judge's and template file's
+# digests): recorded only when present, so a finished run against another judge type resumes as before.
+OPTIONAL_IDENTITY_FIELDS = ("template", "labels", "served_model", "judge_sha256", "judge_template_sha256")
 
 
 def served_identity(info: dict) -> dict:

@@ -18,8 +18,10 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 RECIPES_PACKAGE = "rlhf_pairs"
 # The jobs of `rlhf-pairs <job>` (`rlhf_pairs.cli`): job -> (script module, one-line help). Modules by name, so
@@ -266,11 +268,7 @@ def run(module, argv: list[str] | None = None):
     from rlhf_pairs.utils.verbosity import setup_console  # after parsing: --help imports no transformers
 
     setup_console()
-    result = module.main(*args)
-    from rlhf_pairs.utils.distributed import close_process_group
-
-    close_process_group()
-    return result
+    return module.main(*args)
 
 
 DEBUG_ENV = "RLHF_PAIRS_DEBUG"
@@ -297,16 +295,32 @@ def report_user_errors(fn, prog: str) -> int:
         return 1
 
 
-def finish_command(status: int) -> int:
-    """``status``, for a command to exit with; a launched worker exits here instead, without the interpreter's
-    teardown, where gloo can abort a worker that finished (:func:`~rlhf_pairs.utils.distributed.exit_worker`)."""
-    from rlhf_pairs.utils.distributed import exit_worker, launched_worker
-
-    if launched_worker():
-        exit_worker(status)
-    return status
-
-
 def run_command(module, argv: list[str] | None = None) -> int:
     """:func:`run` as a command (``python scripts/<job>.py``, ``accelerate launch``): user errors as one line."""
-    return finish_command(report_user_errors(lambda: run(module, argv), f"rlhf-pairs {job_name(module)}"))
+    return report_user_errors(lambda: run(module, argv), f"rlhf-pairs {job_name(module)}")
+
+
+def command_main(module) -> NoReturn:
+    """The ``__main__`` of a job's script: :func:`run_command` as this process's command (:func:`exit_process`)."""
+    exit_process(lambda: run_command(module))
+
+
+def exit_process(command: Callable[[], int]) -> NoReturn:
+    """Run ``command`` as this process's command and exit with its status. A launched worker (``accelerate
+    launch``/``torchrun``) exits without the interpreter's teardown, where gloo can abort a worker that finished
+    (:func:`~rlhf_pairs.utils.distributed.exit_worker`); so does one whose command failed (traceback printed,
+    status 1) or called ``sys.exit`` (its status)."""
+    from rlhf_pairs.utils.distributed import exit_worker, launched_worker
+
+    if not launched_worker():
+        raise SystemExit(command())
+    try:
+        status = command()
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        if not isinstance(stop.code, int | None):
+            print(stop.code, file=sys.stderr)  # as the interpreter prints a non-integer exit code
+    except BaseException:
+        sys.excepthook(*sys.exc_info())  # as an uncaught exception: torch's hook prefixes each line with the rank
+        status = 1
+    exit_worker(status)

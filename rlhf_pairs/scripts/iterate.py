@@ -84,6 +84,6 @@ def make_parser(
 if __name__ == "__main__":
     import sys
 
-    from rlhf_pairs.scripts import run_command
+    from rlhf_pairs.scripts import command_main
 
-    raise SystemExit(run_command(sys.modules[__name__]))
+    command_main(sys.modules[__name__])

@@ -55,6 +55,6 @@ def main(args: argparse.Namespace) -> dict:
 if __name__ == "__main__":
     import sys
 
-    from rlhf_pairs.scripts import run_command
+    from rlhf_pairs.scripts import command_main
 
-    raise SystemExit(run_command(sys.modules[__name__]))
+    command_main(sys.modules[__name__])

@@ -72,8 +72,7 @@ class Stage:
             return False
         from rlhf_pairs.rank_dataset import changed_keys
 
-        recorded = self.record()["fingerprint"]
-        current = json.loads(json.dumps(comparable(recorded, self.fingerprint), default=str))
+        recorded, current = comparable(self.record()["fingerprint"], self._plain_fingerprint())
         if recorded == current:
             return True
         changed_inputs = [
@@ -90,8 +89,13 @@ class Stage:
             "re-run with the original settings to resume, or pass --redo to recompute it and every later stage"
         )
 
+    def _plain_fingerprint(self) -> dict:
+        """The fingerprint as its JSON record reads back."""
+        return json.loads(json.dumps(self.fingerprint, default=str))
+
     def _matches(self, recorded: dict) -> bool:
-        return recorded == json.loads(json.dumps(comparable(recorded, self.fingerprint), default=str))
+        recorded, current = comparable(recorded, self._plain_fingerprint())
+        return recorded == current
 
     def begin_partial(self) -> Path:
         """The stage's partial directory, emptied first if it holds work made with another fingerprint."""

@@ -66,16 +66,6 @@ def process_state(timeout: timedelta | None = None):
     return state
 
 
-def close_process_group() -> None:
-    """Destroy this process's default process group, if its job left one (the trainers' jobs end theirs, ``rank``
-    and ``eval`` do not), as torch asks of a program that is done with it. Called only after the job returned: a
-    rank that raised leaves its group alone rather than risk blocking the others in a shutdown they are not at."""
-    torch = sys.modules.get("torch")  # a job that never imported torch has no group
-    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return
-    torch.distributed.destroy_process_group()
-
-
 def launched_worker() -> bool:
     """Whether this process is one of a distributed launch's workers (``accelerate launch``/``torchrun``, which set
     ``LOCAL_RANK`` and ``WORLD_SIZE``), not a process of its own."""
@@ -89,10 +79,11 @@ def exit_worker(status: int) -> NoReturn:
     Why: after the last collective, gloo's worker thread (torch 2.13) still drops that work, and the tensors it held
     need the GIL to be freed; when the main thread is already finalizing the interpreter, that thread is made to exit
     inside a destructor and the process aborts (SIGABRT, "terminate called without an active exception"). The
-    launcher then fails a run whose job had finished and written everything: about 1 in 20 two-process CPU runs of
-    ``grpo`` under ZeRO-3 here, and an ``online-dpo`` run in CI (core dumps: ``~AsyncBarrierWork`` ->
-    ``~AsyncAllgatherWork`` -> ``take_gil`` -> ``pthread_exit``). Destroying the process group first does not help;
-    an atexit fix proposed upstream (pytorch/pytorch#179291) was abandoned. Without the teardown there is nothing to race."""
+    launcher then fails a run whose job had finished and written everything: 3 of 33 two-process CPU runs of
+    ``grpo`` under ZeRO-3 here (0 of 48 since), and an ``online-dpo`` run in CI (core dumps: ``~AsyncBarrierWork`` ->
+    ``~AsyncAllgatherWork`` -> ``take_gil`` -> ``pthread_exit``). Destroying the process group first does not help
+    (the trainers' jobs do, in ``trainer.end()``); an atexit fix proposed upstream (pytorch/pytorch#179291) was
+    abandoned. Without the teardown there is nothing to race."""
     import atexit
     import threading
 
@@ -105,6 +96,12 @@ def exit_worker(status: int) -> NoReturn:
             stream.flush()
         except (OSError, ValueError):  # a closed or broken pipe: nothing left to write to
             pass
+    try:  # C's stdio buffers too (what a native library printed), as exit() would
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
     os._exit(status)
 
 

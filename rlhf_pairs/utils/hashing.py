@@ -69,7 +69,7 @@ def memoized_file_sha256(path: str | Path) -> str:
     """:func:`file_sha256` of a big file read at every start (a judge's or policy's weights), memoized in
     ``<cache>/file-sha256/`` under its absolute path while its size, modification and change times, inode and device
     stay those recorded: an unchanged 16 GB judge is read once per machine, and again after it is rewritten. A file
-    modified within the last :data:`MEMO_MIN_AGE_S` seconds is hashed but not memoized, so a same-size rewrite
+    changed within the last :data:`MEMO_MIN_AGE_S` seconds is hashed but not memoized, so a same-size rewrite
     within the file system's timestamp granularity cannot keep the memo's stat; an unwritable cache only costs the
     memo."""
     path = Path(path).resolve()
@@ -84,7 +84,8 @@ def memoized_file_sha256(path: str | Path) -> str:
     if key[0] > 1 << 30:  # minutes for a big judge on a slow disk: say why the start waits
         logging.getLogger(__name__).info("fingerprinting %s (%.1f GB; once, until it changes)", path, key[0] / 1e9)
     digest = file_sha256(path)
-    if time.time() - key[1] / 1e9 > MEMO_MIN_AGE_S and _stat_key(path) == key:  # unchanged while it was read
+    # Its change time, not its modification time: a copy that kept an old mtime (cp -p, rsync -a) is new too.
+    if time.time() - key[2] / 1e9 > MEMO_MIN_AGE_S and _stat_key(path) == key:  # and unchanged while read
         from rlhf_pairs.utils.io import write_json_atomic
 
         try:
@@ -108,7 +109,13 @@ def local_model_sha256(path: str | Path) -> str:
     return sha256_json([[p.name, memoized_file_sha256(p)] for p in files])
 
 
-def comparable(recorded: dict, current: dict) -> dict:
-    """``current`` without the content digests (:data:`CONTENT_KEYS`) that ``recorded`` predates, to compare the
-    two: work recorded before a digest was part of the fingerprint resumes; once recorded, a digest must match."""
-    return {k: v for k, v in current.items() if k not in CONTENT_KEYS or k in recorded}
+def comparable(recorded: dict, current: dict) -> tuple[dict, dict]:
+    """``recorded`` and ``current`` without the content digests (:data:`CONTENT_KEYS`) that only one of them holds,
+    to compare the two: work recorded before a digest was part of the fingerprint resumes, and so does work whose
+    input is not there to digest now (an initial policy deleted after the rounds that read it; a stage that still
+    needs it fails loading it, naming it). A digest both hold must match."""
+
+    def drop(fingerprint: dict, other: dict) -> dict:
+        return {k: v for k, v in fingerprint.items() if k not in CONTENT_KEYS or k in other}
+
+    return drop(recorded, current), drop(current, recorded)
