@@ -119,7 +119,8 @@ def console_main(argv: list[str] | None = None) -> int:
 
 def console_script() -> NoReturn:
     """The ``rlhf-pairs`` executable: :func:`console_main` as this process's command
-    (:func:`~rlhf_pairs.scripts.exit_process`: a launched worker exits without the interpreter's teardown)."""
+    (:func:`~rlhf_pairs.scripts.exit_process`: a launched worker that succeeded exits without the interpreter's
+    teardown)."""
     exit_process(console_main)
 
 

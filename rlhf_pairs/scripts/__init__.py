@@ -307,20 +307,13 @@ def command_main(module) -> NoReturn:
 
 def exit_process(command: Callable[[], int]) -> NoReturn:
     """Run ``command`` as this process's command and exit with its status. A launched worker (``accelerate
-    launch``/``torchrun``) exits without the interpreter's teardown, where gloo can abort a worker that finished
-    (:func:`~rlhf_pairs.utils.distributed.exit_worker`); so does one whose command failed (traceback printed,
-    status 1) or called ``sys.exit`` (its status)."""
+    launch``/``torchrun``) whose command succeeded exits without the interpreter's teardown, where gloo can abort a
+    worker that finished (:func:`~rlhf_pairs.utils.distributed.exit_worker`). A failed one exits as usual: the launch
+    fails either way, and torchrun names as the root cause the rank that failed first, which a failing rank's quick
+    exit would blur (its peers fail at once on the closed connection, within the same second)."""
     from rlhf_pairs.utils.distributed import exit_worker, launched_worker
 
-    if not launched_worker():
-        raise SystemExit(command())
-    try:
-        status = command()
-    except SystemExit as stop:
-        status = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
-        if not isinstance(stop.code, int | None):
-            print(stop.code, file=sys.stderr)  # as the interpreter prints a non-integer exit code
-    except BaseException:
-        sys.excepthook(*sys.exc_info())  # as an uncaught exception: torch's hook prefixes each line with the rank
-        status = 1
-    exit_worker(status)
+    status = command()
+    if status == 0 and launched_worker():
+        exit_worker(status)
+    raise SystemExit(status)
