@@ -10,10 +10,10 @@ import os
 import time
 from pathlib import Path
 
-# Content digests of local inputs that fingerprints gained after runs had been recorded without them: a record that
-# lacks one is compared without it (:func:`comparable`), so those runs still resume.
+# Content digests of local inputs (a judge's or policy's files, a template file), added to fingerprints after runs
+# had been recorded without them: one that only one side holds is left out of a comparison (:func:`comparable`).
 CONTENT_KEYS = ("judge_sha256", "judge_template_sha256", "model_sha256")
-MEMO_MIN_AGE_S = 2.0  # a file modified more recently is hashed but its digest not memoized
+MEMO_MIN_AGE_S = 2.0  # a file changed (ctime) more recently is hashed but its digest not memoized
 
 
 def sha256_json(obj) -> str:
