@@ -59,7 +59,7 @@ from rlhf_pairs.rank_dataset import changed_keys, rank_dataset
 from rlhf_pairs.ranking import METHODS, RankingResult, SupportsCompare, rank_candidates
 from rlhf_pairs.utils.distributed import get_logger
 from rlhf_pairs.utils.faults import scope, stop_on_signals
-from rlhf_pairs.utils.hashing import comparable, derived_seed, local_model_sha256, sha256_json
+from rlhf_pairs.utils.hashing import changed_inputs, comparable, derived_seed, local_model_sha256, sha256_json
 from rlhf_pairs.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from rlhf_pairs.utils.locking import main_process_lock
 
@@ -253,17 +253,15 @@ def _run_locked(
     if found and old != now:  # every process decides the same from the same files
         if not cfg.overwrite:
             what = changed_keys(old, now) if old is not None else "no fingerprint.json"
-            retrained = (  # the same policy path, other files
-                old is not None
-                and old.get("model_sha256") not in (None, now.get("model_sha256"))
-                and old.get("policy") == now["policy"]
+            policy_files = {"model_sha256": f"the policy's files in {now['policy']['model_name_or_path']}"}
+            retrained = (
+                old is not None and old.get("policy") == now["policy"] and changed_inputs(old, now, policy_files)
             )
             made_with, reuse = (
-                (f"another policy: the policy's files in {now['policy']['model_name_or_path']} changed since",
-                 "restore them")
+                (f"another policy: {policy_files['model_sha256']} changed since", "restore them")
                 if retrained
                 else ("other arguments", "re-run with the original arguments")
-            )  # fmt: skip
+            )
             raise ValueError(
                 f"{work} holds {len(found)} generated file(s) made with {made_with} (changed: {what}); {reuse} to "
                 "reuse them, pass --overwrite true to discard them, or choose another output"

@@ -26,7 +26,7 @@ from rlhf_pairs.judges.loading import JUDGE_TYPES, is_import_path, resolve_judge
 from rlhf_pairs.judges.templates import TEMPLATE_NAMES
 from rlhf_pairs.pairs import PAIR_STRATEGIES
 from rlhf_pairs.ranking import METHODS
-from rlhf_pairs.utils.hashing import CONTENT_KEYS, file_sha256, local_model_sha256
+from rlhf_pairs.utils.hashing import CONTENT_KEYS, judge_file_digests
 
 if TYPE_CHECKING:  # parsed at --help: no torch here
     import torch
@@ -155,22 +155,19 @@ class JudgeArguments:
         fields = {key: getattr(self, key) for key in keys}
         if Path(self.judge).exists():
             fields["judge"] = str(Path(self.judge).resolve())
-            fields["judge_sha256"] = local_model_sha256(self.judge)  # retrained or replaced in place: other work
         if self.judge_type == "pairrm" and self.judge_pairrm_format != "card":  # absent by default: old runs match
             fields["judge_pairrm_format"] = self.judge_pairrm_format
         if self.judge_type == "remote":  # the server's file digests beside a local judge's, compared the same way
             served = dict(self.served_judge())
             fields.update({key: served.pop(key) for key in CONTENT_KEYS if key in served})
             fields["served"] = served
-        if self.judge_type in GENERATIVE_JUDGE_TYPES:  # absent for the other types: their finished runs still resume
-            template = self.template_name()
-            if Path(template).is_file():  # a user's template file: its path and what it says now
-                fields["judge_template"] = str(Path(template).resolve())
-                fields["judge_template_sha256"] = file_sha256(template)
-            else:
-                fields["judge_template"] = template
+        template = self.template_name() if self.judge_type in GENERATIVE_JUDGE_TYPES else None
+        if template is not None:  # absent for the other types: their finished runs still resume
+            fields["judge_template"] = str(Path(template).resolve()) if Path(template).is_file() else template
             if self.judge_labels is not None:
                 fields["judge_labels"] = self.label_pair()
+        # What a local judge's and template file's files say now: retrained or edited in place, they are other ones.
+        fields.update(judge_file_digests(self.judge, template))
         if self.judge_type == "openai":  # the served model, never the key
             fields["judge_model"] = self.judge_model or self.served_model()
             fields["judge_on_unparsable"] = self.judge_on_unparsable

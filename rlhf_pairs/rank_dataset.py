@@ -42,7 +42,7 @@ from rlhf_pairs.pairs import preference_columns, ranking_rewards
 from rlhf_pairs.ranking import check_probabilities, rank_candidates_with_stats
 from rlhf_pairs.utils.distributed import get_logger, summed_judge_usage
 from rlhf_pairs.utils.faults import kill_point, stop_on_signals
-from rlhf_pairs.utils.hashing import comparable, sha256_json
+from rlhf_pairs.utils.hashing import changed_inputs, comparable, sha256_json
 from rlhf_pairs.utils.io import atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic
 from rlhf_pairs.utils.locking import main_process_lock
 from rlhf_pairs.utils.verbosity import show_progress_bars
@@ -78,14 +78,13 @@ def changed_keys(recorded: dict, current: dict, prefix: str = "") -> str:
     return ", ".join(changes)
 
 
-def changed_judge_files(recorded: dict, current: dict) -> str:
-    """Which of the judge's local files the fingerprints' content digests say changed (``the judge's files in
-    <path>``, ``the judge template <path>``), ``; ``-joined; empty when none did."""
-    what = {
-        "judge_sha256": f"the judge's files in {current.get('judge')}",
-        "judge_template_sha256": f"the judge template {current.get('judge_template')}",
+def judge_file_inputs(fields: dict) -> dict[str, str]:
+    """The judge's content digests in ``fields`` (:meth:`~rlhf_pairs.configs.JudgeArguments.result_fields`) -> the
+    files each digests, for the messages refusing work made with other ones."""
+    return {
+        "judge_sha256": f"the judge's files in {fields['judge']}",
+        "judge_template_sha256": f"the judge template {fields.get('judge_template')}",
     }
-    return "; ".join(text for key, text in what.items() if key in recorded and recorded[key] != current.get(key))
 
 
 def check_rank_rows(rows: list[dict], where, system_message: str = "merge") -> tuple[list, Counter]:
@@ -258,10 +257,10 @@ def _rank_locked(config: RankConfig, judge_args: JudgeArguments, state, rows, ju
     old, now = comparable(recorded, current) if recorded is not None else (None, current)
     if recorded is not None and old != now:  # every process decides the same from the same files
         if not config.overwrite:
-            changed_inputs = changed_judge_files(recorded, current)
+            changed = changed_inputs(old, now, judge_file_inputs(current))
             made_with, reuse = (
-                (f"another judge: {changed_inputs} changed since", "restore them")
-                if changed_inputs
+                (f"another judge: {'; '.join(changed)} changed since", "restore them")
+                if changed
                 else ("other arguments", "re-run with the original arguments")
             )
             raise ValueError(

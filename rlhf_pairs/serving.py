@@ -17,9 +17,9 @@ import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rlhf_pairs.judges.base import check_pair_inputs, check_response_inputs
+from rlhf_pairs.utils.hashing import judge_file_digests
 
 logger = logging.getLogger(__name__)
 
@@ -67,22 +67,9 @@ def judge_info(judge, name: str, judge_type: str) -> dict:
         "pointwise": callable(getattr(judge, "score_responses", None)),
         "pairrm_format": getattr(judge, "conversation_format", None),
         **_generative_identity(judge),
-        **_file_digests(name, getattr(judge, "template", None)),
+        # a local judge's and template file's digests, as a local judge's fingerprint records them
+        **judge_file_digests(name, getattr(getattr(judge, "template", None), "name", None)),
     }
-
-
-def _file_digests(name: str, template) -> dict:
-    """The SHA-256 of a local judge's files and of a template file (as a local judge's fingerprint records them),
-    so a client's finished work does not outlive a judge retrained into the same folder; absent for Hub names."""
-    from rlhf_pairs.utils.hashing import file_sha256, local_model_sha256
-
-    digests = {}
-    if Path(name).exists():
-        digests["judge_sha256"] = local_model_sha256(name)
-    template_name = getattr(template, "name", None)
-    if isinstance(template_name, str) and Path(template_name).is_file():
-        digests["judge_template_sha256"] = file_sha256(template_name)
-    return digests
 
 
 def _generative_identity(judge) -> dict:

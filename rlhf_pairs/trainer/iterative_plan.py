@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rlhf_pairs.configs import IterateConfig, JudgeArguments
 from rlhf_pairs.data_utils import describe_prompt_notes, load_prompt_rows
+from rlhf_pairs.rank_dataset import judge_file_inputs
 from rlhf_pairs.trainer.stages import Stage
 from rlhf_pairs.utils.distributed import get_logger
 from rlhf_pairs.utils.hashing import local_model_sha256, sha256_json
@@ -173,10 +174,7 @@ def plan_stages(
         judge["system_message"] = cfg.system_message
     # Content digests of the local models and template the stages read (not chained, see fingerprint_digest): a
     # judge or initial policy retrained into the same folder is refused by the first stage that reads it.
-    judge_inputs = {
-        "judge_sha256": f"the judge's files in {judge['judge']}",
-        "judge_template_sha256": f"the judge template {judge.get('judge_template')}",
-    }
+    judge_inputs = judge_file_inputs(judge)
     initial_files, initial_inputs = {}, {}
     if Path(model_args.model_name_or_path).exists():
         initial_files = {"model_sha256": local_model_sha256(model_args.model_name_or_path)}

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from rlhf_pairs.utils.faults import kill_point
-from rlhf_pairs.utils.hashing import CONTENT_KEYS, comparable, sha256_json
+from rlhf_pairs.utils.hashing import CONTENT_KEYS, changed_inputs, comparable, sha256_json
 
 DONE = "DONE"
 RECORD = "stage.json"
@@ -75,12 +75,10 @@ class Stage:
         recorded, current = comparable(self.record()["fingerprint"], self._plain_fingerprint())
         if recorded == current:
             return True
-        changed_inputs = [
-            what for key, what in self.inputs.items() if key in current and recorded.get(key) != current.get(key)
-        ]
-        if changed_inputs:
+        changed = changed_inputs(recorded, current, self.inputs)
+        if changed:
             raise StageConfigChanged(
-                f"{self.label} was made from other data: {'; '.join(changed_inputs)} changed since it ran (changed: "
+                f"{self.label} was made from other data: {'; '.join(changed)} changed since it ran (changed: "
                 f"{changed_keys(recorded, current)}); restore that data to resume, or pass --redo to recompute this "
                 "stage and every later one from the data as it is now"
             )

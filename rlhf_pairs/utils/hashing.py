@@ -119,3 +119,20 @@ def comparable(recorded: dict, current: dict) -> tuple[dict, dict]:
         return {k: v for k, v in fingerprint.items() if k not in CONTENT_KEYS or k in other}
 
     return drop(recorded, current), drop(current, recorded)
+
+
+def changed_inputs(recorded: dict, current: dict, inputs: dict[str, str]) -> list[str]:
+    """What changed among ``inputs`` (a fingerprint key holding a content digest -> the data it digests, for
+    messages), comparing two fingerprints made :func:`comparable`."""
+    return [what for key, what in inputs.items() if key in current and recorded.get(key) != current.get(key)]
+
+
+def judge_file_digests(judge: str, template: str | None = None) -> dict[str, str]:
+    """``judge_sha256`` of a local judge (:func:`local_model_sha256`) and ``judge_template_sha256`` of a template
+    file, each present only when that is a local path; what a fingerprint and a served judge's ``/info`` record."""
+    digests = {}
+    if Path(judge).exists():
+        digests["judge_sha256"] = local_model_sha256(judge)
+    if template is not None and Path(template).is_file():
+        digests["judge_template_sha256"] = file_sha256(template)
+    return digests
